@@ -1,0 +1,144 @@
+"""Planning a run within a memory budget: chunk size and how many chunks are in flight at once.
+
+Peak memory is set by the chunk size and the number of chunks in flight, never by the raster's size: each
+chunk in flight holds its input window, its accumulators and its output; the only thing that grows with the
+raster is the strip of tile overhangs waiting for the next row of chunks (``width × tile``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import psutil
+
+from tiling.errors import OptionError
+from tiling.grid import TileGrid
+
+#: Default memory limit as a fraction of the memory available when the run starts.
+DEFAULT_FRACTION = 0.6
+#: Chunks are multiples of the output's 256-pixel TIFF blocks.
+CHUNK_QUANTUM = 256
+MAX_AUTO_CHUNK = 4096
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_size(text: str | int | float) -> int:
+    """Bytes from ``4GB``, ``512MiB``, ``2g``, ``1000000``; a number below 1 is a fraction of free memory."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+        return available_memory_fraction(value) if 0 < value < 1 else int(value)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", str(text).lower())
+    if match is None:
+        raise OptionError(f"cannot read memory size {text!r} (examples: 4GB, 512MB, 0.5 for half of free RAM)")
+    value = float(match.group(1))
+    if not match.group(2) and not match.group(3) and 0 < value < 1:
+        return available_memory_fraction(value)
+    size = int(value * _UNITS[match.group(2)])
+    if size <= 0:
+        raise OptionError(f"memory limit must be positive, got {text!r}")
+    return size
+
+
+def available_memory_fraction(fraction: float) -> int:
+    return int(psutil.virtual_memory().available * fraction)
+
+
+def process_memory() -> int:
+    """Resident memory of this process now (the interpreter, torch and the loaded model)."""
+    return psutil.Process().memory_info().rss
+
+
+@dataclass(frozen=True)
+class ChunkCost:
+    """Bytes a run needs, from the raster's bands and the model's classes."""
+
+    bands: int
+    classes: int
+    itemsize: int
+
+    def per_chunk(self, chunk: int, tile: int) -> int:
+        """Bytes held by one chunk in flight (input window, accumulators, blended and encoded output)."""
+        extent = (chunk + tile) ** 2
+        window = extent * (self.bands * (self.itemsize + 4) + 1 + 4 * (self.classes + 1))
+        output = chunk * chunk * (8 * (self.classes + 1) + 1 + 4 * self.classes)
+        return window + output
+
+    def overhang_strip(self, width: int, tile: int) -> int:
+        """Tile overhangs waiting for the next row of chunks."""
+        return 2 * width * tile * 4 * (self.classes + 1)
+
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    """How a run fits its memory budget."""
+
+    chunk: int
+    workers: int
+    memory_limit: int
+    per_chunk: int
+    per_worker: int
+    fixed: int
+
+    @property
+    def estimated_peak(self) -> int:
+        # One chunk more than the workers: a finished chunk waiting for its blend (see graph.build_graph).
+        return self.fixed + self.workers * (self.per_chunk + self.per_worker) + self.per_chunk
+
+    @property
+    def gdal_cache_mb(self) -> int:
+        """GDAL's block cache for the run (its default, 5 % of RAM, would grow with the raster)."""
+        return gdal_cache_bytes(self.memory_limit) // 2**20
+
+
+def gdal_cache_bytes(memory_limit: int) -> int:
+    return int(min(256 * 2**20, max(32 * 2**20, 0.05 * memory_limit)))
+
+
+def default_chunk(tile: int) -> int:
+    """A chunk big enough that re-reading tile borders costs little (8 tiles), within 1024…4096 px."""
+    target = max(1024, min(MAX_AUTO_CHUNK, 8 * tile))
+    return math.ceil(target / CHUNK_QUANTUM) * CHUNK_QUANTUM
+
+
+def plan_resources(
+    grid: TileGrid,
+    cost: ChunkCost,
+    model_bytes: int,
+    memory_limit: int | None = None,
+    chunk: int | None = None,
+    workers: int | None = None,
+    baseline: int | None = None,
+    worker_bytes: int = 0,
+) -> ResourcePlan:
+    """Pick the chunk size and chunks in flight that fit ``memory_limit`` (bytes for the whole process).
+
+    ``model_bytes`` is what the model holds once (weights; on a GPU its host-side buffers); ``worker_bytes``
+    what each worker needs besides its chunk (on a CPU, the activations of its batches); ``baseline`` the
+    memory the process already holds (defaults to its current resident size).
+    """
+    limit = memory_limit if memory_limit is not None else available_memory_fraction(DEFAULT_FRACTION)
+    base = process_memory() if baseline is None else baseline
+    cpus = os.cpu_count() or 1
+    fixed = base + model_bytes + cost.overhang_strip(grid.width, grid.tile) + gdal_cache_bytes(limit)
+    sizes = [chunk] if chunk is not None else list(range(default_chunk(grid.tile), CHUNK_QUANTUM - 1, -CHUNK_QUANTUM))
+    # First the largest chunk that keeps every worker busy (not below 512 px just for parallelism), then the
+    # largest that fits at all with fewer workers.
+    for full_parallelism in (True, False):
+        for size in sizes:
+            if full_parallelism and size < min(512, sizes[0]):
+                break
+            n_chunks = math.ceil(grid.height / size) * math.ceil(grid.width / size)
+            wanted = workers if workers is not None else min(cpus, n_chunks)
+            per_chunk = cost.per_chunk(min(size, max(grid.height, grid.width)), grid.tile)
+            fits = (limit - fixed - per_chunk) // (per_chunk + worker_bytes)  # one chunk waits for its blend
+            if fits >= (wanted if full_parallelism else 1):
+                return ResourcePlan(size, int(min(wanted, fits)), limit, per_chunk, worker_bytes, fixed)
+    need = fixed + 2 * cost.per_chunk(sizes[-1], grid.tile) + worker_bytes
+    raise OptionError(
+        f"memory limit {limit / 2**20:.0f} MiB is too small for this run: it needs at least {need / 2**20:.0f} MiB "
+        f"(chunk {sizes[-1]} px, one chunk in flight); raise --memory-limit or lower --chunk/--batch-size"
+    )

@@ -1,0 +1,176 @@
+"""The ``tilewise`` command: a thin layer over the ``pipeline`` API.
+
+Problems the user can fix print one line on stderr (``tilewise: error: …``) and exit non-zero: 2 for a bad
+option or config, 1 for bad input, output or checkpoint. ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from tiling.errors import OptionError, TilewiseError
+
+from .config import load_config
+from .info import describe
+from .options import PredictOptions
+
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2), like every other error of the command."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"tilewise: error: {message} (see tilewise {self.prog.split()[-1]} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _int_or_auto(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
+
+
+def _overlap(text: str) -> float | int:
+    try:
+        value = float(text)
+    except ValueError:
+        message = f"expected pixels (64) or a fraction of the tile (0.25), got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    return value if value < 1 else int(value) if value == int(value) else value
+
+
+def _bands(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(b) for b in text.replace(" ", "").split(",") if b)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected band numbers like 4,3,2, got {text!r}") from None
+
+
+def _add_plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML run config (its predict: section); flags override it")
+    p.add_argument("--tile", type=int, help="tile size in pixels (default: the checkpoint's)")
+    p.add_argument("--overlap", type=_overlap, help="tile overlap: pixels (64) or fraction of the tile (0.25)")
+    p.add_argument("--chunk", type=_int_or_auto, help="output chunk size in pixels (default: planned)")
+    p.add_argument("--workers", type=int, help="chunks in flight (default: planned from memory and cores)")
+    p.add_argument("--memory-limit", help="memory budget: 4GB, 512MB, or 0.5 of free RAM (default 0.6)")
+    p.add_argument("--bands", type=_bands, help="1-based input bands, e.g. 4,3,2 (default: the checkpoint's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser = _Parser(prog="tilewise", description=__doc__.splitlines()[0], parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("predict", parents=[common], help="segment a raster", description="Segment a raster.")
+    p.add_argument("input", help="input raster: GeoTIFF/COG, any GDAL raster, TIFF or Zarr")
+    p.add_argument("output", help="output: .tif (GeoTIFF) or .zarr")
+    p.add_argument("--model", help="tilewise checkpoint (.safetensors)")
+    _add_plan_options(p)
+    p.add_argument("--blend", help="blend window: gaussian (default), cosine or constant")
+    p.add_argument("--sigma", type=float, help="gaussian sigma as a fraction of the tile (default 0.125)")
+    p.add_argument("--batch-size", type=_int_or_auto, help="tiles per forward pass, or auto (default)")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--precision", help="fp32 (default), bf16 or fp16 (autocast)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--tta", help="test-time augmentation: none (default) or flips")
+    p.add_argument("--output-kind", help="labels (default), probs or both")
+    p.add_argument("--probs-dtype", help="probabilities as float32 (default) or uint8")
+    p.add_argument("--threshold", type=float, help="binary label threshold (default 0.5)")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
+
+    i = sub.add_parser(
+        "info",
+        parents=[common],
+        help="describe a raster and its tile plan",
+        description="Describe a raster and the tile plan a run would use.",
+    )
+    i.add_argument("input")
+    i.add_argument("--model", help="checkpoint whose tile size, bands and classes to plan with")
+    _add_plan_options(i)
+    return parser
+
+
+_CLI_ONLY = {"command", "debug", "input", "output", "model", "config"}
+
+
+def _predict_options(args: argparse.Namespace) -> tuple[PredictOptions, str | None]:
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(load_config(args.config, "predict", [*PredictOptions.names(), "model"]))
+    flags = {k: v for k, v in vars(args).items() if k not in _CLI_ONLY and v is not None}
+    values.update(flags)
+    model = args.model or values.pop("model", None)
+    values.pop("model", None)
+    if "progress" not in values:
+        values["progress"] = sys.stderr.isatty()
+    return PredictOptions().updated(**values), model
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import check_options, predict
+
+    opts, model = _predict_options(args)
+    if not model:
+        raise OptionError("no model given: pass --model CHECKPOINT (or set model: in the config)")
+    check_options(opts)
+    report = predict(args.input, args.output, model, opts)
+    outputs = ", ".join(str(p) for p in report.outputs)
+    print(
+        f"wrote {outputs}: {report.tiles_run} of {report.tiles_total} tiles run ({report.tiles_skipped} skipped "
+        f"as nodata), {report.chunks} chunk(s) of {report.chunk} px, {report.workers} in flight, batch "
+        f"{report.batch_size or 'n/a'} on {report.device}, {report.seconds:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    opts, model = _predict_options(args)
+    print(describe(args.input, model, opts))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "predict":
+            return _cmd_predict(args)
+        return _cmd_info(args)
+    except OptionError as exc:
+        if args.debug:
+            raise
+        print(f"tilewise: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TilewiseError as exc:
+        if args.debug:
+            raise
+        print(f"tilewise: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("tilewise: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"tilewise: internal error: {type(exc).__name__}: {message} (rerun with --debug)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

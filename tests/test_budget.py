@@ -1,0 +1,54 @@
+"""Memory planning: chunk size and chunks in flight follow the budget, never the raster's size."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.budget import ChunkCost, parse_size, plan_resources
+from tiling import OptionError, TileGrid
+
+MIB = 2**20
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("4GB", 4 * 2**30), ("512MiB", 512 * MIB), ("2g", 2 * 2**30), ("1000000", 1_000_000), (2048, 2048)],
+)
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_fraction_is_of_available_memory() -> None:
+    assert 0 < parse_size("0.5") < parse_size("0.9")
+
+
+def test_bad_size_is_refused() -> None:
+    with pytest.raises(OptionError, match="memory size"):
+        parse_size("plenty")
+
+
+def plan(height: int, width: int, limit_mib: int, **kw: object):
+    grid = TileGrid(height, width, 256, 64)
+    return plan_resources(grid, ChunkCost(3, 1, 1), 100 * MIB, limit_mib * MIB, baseline=300 * MIB, **kw)
+
+
+def test_a_generous_budget_gets_the_default_chunk_and_every_core() -> None:
+    p = plan(20_000, 20_000, 16_000, workers=2)
+    assert p.chunk == 2048 and p.workers == 2
+    assert p.estimated_peak <= p.memory_limit
+
+
+def test_a_tight_budget_gets_smaller_chunks_within_the_limit() -> None:
+    p = plan(20_000, 20_000, 900, workers=2)
+    assert p.chunk < 2048
+    assert p.estimated_peak <= p.memory_limit
+
+
+def test_chunk_and_memory_do_not_depend_on_the_raster_size() -> None:
+    small, large = plan(8_192, 8_192, 2_000, workers=2), plan(200_000, 8_192, 2_000, workers=2)
+    assert small.chunk == large.chunk and small.per_chunk == large.per_chunk
+
+
+def test_an_impossible_budget_is_refused_with_what_it_needs() -> None:
+    with pytest.raises(OptionError, match=r"too small.*needs at least"):
+        plan(10_000, 10_000, 350)

@@ -1,0 +1,94 @@
+"""The global tile grid and the blending windows, checked as properties over many shapes."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tiling import OptionError, TileGrid, axis_origins, resolve_overlap, window_2d, window_profile
+
+
+@st.composite
+def grids(draw: st.DrawFn) -> TileGrid:
+    tile = draw(st.integers(1, 96))
+    overlap = draw(st.integers(0, tile - 1))
+    return TileGrid(draw(st.integers(1, 4 * tile + 40)), draw(st.integers(1, 4 * tile + 40)), tile, overlap)
+
+
+@settings(max_examples=300, deadline=None)
+@given(grids())
+def test_every_pixel_is_covered_and_tiles_stay_inside(grid: TileGrid) -> None:
+    covered = np.zeros((grid.padded_height, grid.padded_width), dtype=np.int32)
+    for t in grid.tiles():
+        assert 0 <= t.y <= grid.padded_height - grid.tile
+        assert 0 <= t.x <= grid.padded_width - grid.tile
+        covered[t.y : t.y + grid.tile, t.x : t.x + grid.tile] += 1
+    assert (covered[: grid.height, : grid.width] > 0).all()
+    assert grid.n_tiles == len(list(grid.tiles()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 2000), st.integers(1, 300), st.data())
+def test_origins_are_sorted_unique_and_never_further_apart_than_the_stride(length: int, tile: int, data) -> None:
+    stride = data.draw(st.integers(1, tile))
+    origins = axis_origins(length, tile, stride)
+    assert origins[0] == 0
+    assert list(origins) == sorted(set(origins))
+    assert all(b - a <= stride for a, b in itertools.pairwise(origins))
+    # The last tile ends exactly at the raster's edge (or the raster is padded to one tile).
+    assert origins[-1] + tile == max(length, tile)
+
+
+def test_small_raster_gets_one_padded_tile() -> None:
+    grid = TileGrid(20, 30, 64, 16)
+    assert grid.shape == (1, 1)
+    assert (grid.padded_height, grid.padded_width) == (64, 64)
+
+
+def test_last_tile_is_shifted_back_inside() -> None:
+    assert axis_origins(100, 64, 48) == (0, 36)
+    assert axis_origins(112, 64, 48) == (0, 48)
+
+
+@pytest.mark.parametrize(("overlap", "pixels"), [(0.25, 64), (0.5, 128), (64, 64), (0, 0), (100.0, 100)])
+def test_overlap_as_fraction_or_pixels(overlap: float, pixels: int) -> None:
+    assert resolve_overlap(overlap, 256) == pixels
+
+
+@pytest.mark.parametrize("overlap", [256, 300, -1, 0.9999999])
+def test_overlap_not_below_the_tile_is_refused(overlap: float) -> None:
+    with pytest.raises(OptionError, match="overlap"):
+        resolve_overlap(overlap, 256)
+
+
+def test_zero_dimension_is_refused() -> None:
+    with pytest.raises(OptionError, match="zero dimension"):
+        TileGrid(0, 10, 8, 2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["gaussian", "cosine", "constant"]), st.integers(1, 300), st.floats(0.01, 2.0))
+def test_window_weights_are_positive_everywhere(kind: str, size: int, sigma: float) -> None:
+    weights = window_2d(kind, size, sigma)
+    assert weights.shape == (size, size)
+    assert weights.dtype == np.float32
+    assert (weights > 0).all()
+    assert weights.max() == pytest.approx(1.0)
+    np.testing.assert_array_equal(weights, weights[::-1, ::-1])  # symmetric
+
+
+def test_gaussian_follows_sigma() -> None:
+    profile = window_profile("gaussian", 256, 0.125)
+    centre = 128
+    # One sigma (32 px) from the centre the weight is exp(-1/2).
+    assert profile[centre + 32] == pytest.approx(np.exp(-0.5 * (32.5 / 32) ** 2), rel=1e-3)
+    assert profile.min() == pytest.approx(1e-3)  # floored at the edges
+
+
+def test_unknown_window_is_refused() -> None:
+    with pytest.raises(OptionError, match="unknown blend window"):
+        window_profile("triangle", 8)

@@ -1,0 +1,89 @@
+"""GeoTIFF, COG and any other raster GDAL reads, through rasterio."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import MaskFlags
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from ..errors import InputError
+from ..plan import Span
+from .base import HandlePool, RasterInfo, check_dtype, check_shape, nan_free, read_error, select_bands
+
+
+class GdalReader:
+    """Windowed reads through rasterio; one GDAL handle per concurrent reader thread."""
+
+    def __init__(self, path: str, bands: tuple[int, ...] | list[int] | None = None) -> None:
+        self.path = path
+        try:
+            with rasterio.open(path) as ds:
+                check_shape(ds.height, ds.width, path)
+                self.bands = select_bands(bands, ds.count, path)
+                dtypes = {ds.dtypes[b - 1] for b in self.bands}
+                if len(dtypes) > 1:
+                    raise InputError(f"{path}: selected bands have different pixel types {sorted(dtypes)}")
+                dtype = dtypes.pop()
+                check_dtype(dtype, path)
+                flags = [ds.mask_flag_enums[b - 1] for b in self.bands]
+                nodata = ds.nodatavals[self.bands[0] - 1]
+                georeferenced = ds.crs is not None or not ds.transform.is_identity
+                self.info = RasterInfo(
+                    path=path,
+                    format=ds.driver,
+                    height=ds.height,
+                    width=ds.width,
+                    count=ds.count,
+                    dtype=dtype,
+                    band_names=tuple(ds.descriptions),
+                    crs=ds.crs.to_wkt() if ds.crs else None,
+                    transform=tuple(ds.transform)[:6] if georeferenced else None,
+                    nodata=None if nodata is None else float(nodata),
+                )
+        except RasterioError as exc:
+            raise InputError(f"{path} is not a raster GDAL can read: {exc}") from None
+        self._mask_mode = _mask_mode(flags)
+        self._pool = HandlePool(lambda: rasterio.open(path))
+
+    def read(self, rows: Span, cols: Span) -> tuple[np.ndarray, np.ndarray]:
+        window = Window(cols.start, rows.start, cols.size, rows.size)
+        try:
+            with self._pool.handle() as ds:
+                data = ds.read(self.bands, window=window)
+                if self._mask_mode == "dataset":
+                    valid = ds.read_masks(self.bands[0], window=window) > 0
+                elif self._mask_mode == "nodata":
+                    valid = np.zeros(data.shape[1:], dtype=bool)
+                    for b, band in zip(self.bands, data, strict=True):
+                        nodata = ds.nodatavals[b - 1]
+                        valid |= ~np.isnan(band) if np.isnan(nodata) else band != nodata
+                else:
+                    valid = np.ones(data.shape[1:], dtype=bool)
+        except RasterioError as exc:
+            raise read_error(self.path, rows, cols, exc) from None
+        return data, nan_free(data, valid)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_pool"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pool = HandlePool(lambda: rasterio.open(self.path))
+
+
+def _mask_mode(flags: list[list[MaskFlags]]) -> str:
+    """How validity is known: 'all' valid, per-band 'nodata' values, or a 'dataset' mask (internal/alpha)."""
+    if all(f == [MaskFlags.all_valid] for f in flags):
+        return "all"
+    if all(MaskFlags.nodata in f for f in flags):
+        return "nodata"
+    return "dataset"
