@@ -21,6 +21,7 @@ from tiling.plan import ChunkPlan, Span
 from tiling.readers.base import RasterReader
 from tiling.windows import window_2d
 
+from .budget import release_free_memory
 from .runner import ModelSpec, get_runner
 
 ChunkIndex = tuple[int, int]
@@ -222,6 +223,8 @@ def build_graph(
 def _write(outputs: Any, rows: Span, cols: Span, probs: np.ndarray, spill: Spill) -> TileStats:
     """Write a chunk; pass on its tile statistics (carried by its spill) to the final task."""
     outputs.write(rows, cols, probs)
+    del probs
+    release_free_memory()
     return spill.stats
 
 

@@ -174,7 +174,7 @@ def predict(
         outputs = open_outputs(output, reader.info, spec, job.classes, plan.chunk, opts.overwrite)
         try:
             keys = GraphKeys(uuid.uuid4().hex[:12])
-            dsk = build_graph(reader, plan, job, keys, outputs, lookahead=setup.resources.workers + 1)
+            dsk = build_graph(reader, plan, job, keys, outputs, lookahead=setup.resources.workers)
             threads = cpu_threads(setup.resources.workers) if job.model.device == "cpu" else contextlib.nullcontext()
             with threads, rasterio.Env(GDAL_CACHEMAX=setup.resources.gdal_cache_mb):
                 stats = _run(dsk, keys.done, setup.resources.workers, opts.progress)
@@ -223,7 +223,7 @@ def predict_array(
     """
     setup = prepare(input, model, _options(options, overrides))
     keys = GraphKeys(uuid.uuid4().hex[:12])
-    dsk = build_graph(setup.reader, setup.plan, setup.job, keys, lookahead=setup.resources.workers + 1)
+    dsk = build_graph(setup.reader, setup.plan, setup.job, keys, lookahead=setup.resources.workers)
     graph = HighLevelGraph.from_collections(keys.probs, dsk, dependencies=[])
     chunks = ((setup.job.classes,), *setup.plan.chunks)
     return da.Array(graph, keys.probs, chunks=chunks, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))

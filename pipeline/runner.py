@@ -63,26 +63,25 @@ class BatchSizer:
     """Finds the batch size that is fastest *per tile* by timing real batches of the run.
 
     The largest batch that fits is often not the fastest (on a CPU, batch 1 usually beats batch 4 per tile).
-    The runner calibrates on the first tiles it gets, one forward at a time: a warm-up batch, then each
-    candidate twice (best of two), stopping at the first candidate clearly slower than the best so far. The
-    calibration batches are real tiles of the run, so no tile runs twice. A larger batch must beat a smaller
-    one by ``MARGIN`` to be chosen, since it costs memory.
+    All workers run the same candidate at a time, so each is timed under the run's real load (concurrent
+    forwards on a CPU); after a warm-up batch, each candidate gets ``SAMPLES`` batches and is scored by their
+    median time per tile. Exploration stops at the first candidate clearly slower than the best so far. The
+    batches are real tiles of the run, so no tile runs twice. A larger batch must beat a smaller one by
+    ``MARGIN`` to be chosen, since it costs memory.
     """
 
-    MARGIN = 0.03
+    SAMPLES = 4
+    MARGIN = 0.05
 
     def __init__(self, candidates: Sequence[int]) -> None:
         self.candidates = sorted(set(candidates))
         self.per_tile: dict[int, list[float]] = {c: [] for c in self.candidates}
         self._warm = len(self.candidates) == 1
+        self._current = 0
         self.chosen: int | None = self.candidates[0] if len(self.candidates) == 1 else None
 
     def next_size(self) -> int:
-        if self.chosen is not None:
-            return self.chosen
-        if not self._warm:
-            return self.candidates[0]
-        return next(c for c in self.candidates if len(self.per_tile[c]) < 2)
+        return self.chosen if self.chosen is not None else self.candidates[self._current]
 
     def record(self, size: int, seconds: float) -> None:
         if self.chosen is not None:
@@ -90,20 +89,23 @@ class BatchSizer:
         if not self._warm:
             self._warm = True  # the first forward pays one-off set-up costs: do not time it
             return
-        if len(self.per_tile.get(size, (0, 0))) >= 2:
-            return  # a short batch at the end of a chunk: not a candidate's measurement
-        self.per_tile[size].append(seconds / size)
-        if len(self.per_tile[size]) < 2:
+        current = self.candidates[self._current]
+        if size != current:
+            return  # a short batch at the end of a chunk, or a batch started before the last switch
+        self.per_tile[current].append(seconds / size)
+        if len(self.per_tile[current]) < self.SAMPLES:
             return
-        timed = {c: min(t) for c, t in self.per_tile.items() if len(t) == 2}
-        best = self._best(timed)
-        if size == self.candidates[-1] or timed[size] > 1.1 * timed[best]:
+        scores = {c: float(np.median(t)) for c, t in self.per_tile.items() if len(t) >= self.SAMPLES}
+        best = self._best(scores)
+        if self._current == len(self.candidates) - 1 or scores[current] > 1.1 * scores[best]:
             self.chosen = best
+        else:
+            self._current += 1
 
-    def _best(self, timed: dict[int, float]) -> int:
-        best = min(timed)
-        for c in sorted(timed):
-            if timed[c] < timed[best] * (1 - self.MARGIN):
+    def _best(self, scores: dict[int, float]) -> int:
+        best = min(scores)
+        for c in sorted(scores):
+            if scores[c] < scores[best] * (1 - self.MARGIN):
                 best = c
         return best
 
@@ -129,7 +131,6 @@ class ModelRunner:
             threading.Lock() if self.device.type == "cuda" else contextlib.nullcontext()
         )
         self._state_lock = threading.Lock()
-        self._calibration_lock = threading.Lock()
         self.tiles_run = 0
         self._norm_cache: dict[Normalization, tuple[torch.Tensor, torch.Tensor]] = {}
         self.sizer = BatchSizer(self._candidates())
@@ -190,13 +191,6 @@ class ModelRunner:
         """
         start = 0
         while start < len(origins):
-            if self.sizer.chosen is None:
-                with self._calibration_lock:  # calibrate alone, so timings are not disturbed by other threads
-                    while self.sizer.chosen is None and start < len(origins):
-                        batch_origins, probs = self._run_batch(image, valid, origins, start, tile, normalization)
-                        start += len(batch_origins)
-                        yield batch_origins, probs
-                continue
             batch_origins, probs = self._run_batch(image, valid, origins, start, tile, normalization)
             start += len(batch_origins)
             yield batch_origins, probs
