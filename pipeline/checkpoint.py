@@ -117,6 +117,11 @@ def save_checkpoint(path: str | os.PathLike[str], model: UNet, card: ModelCard) 
     return path
 
 
+def checkpoint_fingerprint(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a checkpoint's weights, from its header (identifies the model a run used)."""
+    return _read_header(Path(path))[1]["weights_sha256"]
+
+
 def read_card(path: str | os.PathLike[str]) -> ModelCard:
     """The model card of a checkpoint, without loading its weights."""
     return _read_header(Path(path))[0]

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", parents=[common], help="segment a raster", description="Segment a raster.")
     p.add_argument("input", help="input raster: GeoTIFF/COG, any GDAL raster, TIFF or Zarr")
-    p.add_argument("output", help="output: .tif (GeoTIFF) or .zarr")
+    p.add_argument("output", help="output: .tif (COG), .ome.tif, .ome.zarr or .zarr")
     p.add_argument("--model", help="tilewise checkpoint (.safetensors)")
     _add_plan_options(p)
     p.add_argument("--blend", help="blend window: gaussian (default), cosine or constant")
@@ -84,7 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-kind", help="labels (default), probs or both")
     p.add_argument("--probs-dtype", help="probabilities as float32 (default) or uint8")
     p.add_argument("--threshold", type=float, help="binary label threshold (default 0.5)")
+    p.add_argument("--format", help="cog, geotiff, ome-tiff, ome-zarr or zarr (default: from the output's name)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        default=None,
+        help="continue an interrupted run: keep its finished chunks, run the others",
+    )
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -129,10 +136,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     check_options(opts)
     report = predict(args.input, args.output, model, opts)
     outputs = ", ".join(str(p) for p in report.outputs)
+    resumed = f" (resumed: {report.chunks_computed} of {report.chunks} chunks computed)" if report.resumed else ""
     print(
-        f"wrote {outputs}: {report.tiles_run} of {report.tiles_total} tiles run ({report.tiles_skipped} skipped "
-        f"as nodata), {report.chunks} chunk(s) of {report.chunk} px, {report.workers} in flight, batch "
-        f"{report.batch_size or 'n/a'} on {report.device}, {report.seconds:.1f} s",
+        f"wrote {outputs} ({report.format}): {report.tiles_run} of {report.tiles_total} tiles run "
+        f"({report.tiles_skipped} skipped as nodata), {report.chunks} chunk(s) of {report.chunk} px, "
+        f"{report.workers} in flight, batch {report.batch_size or 'n/a'} on {report.device}, "
+        f"{report.seconds:.1f} s{resumed}",
         file=sys.stderr,
     )
     return 0
@@ -162,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tilewise: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("tilewise: interrupted; nothing was written", file=sys.stderr)
+        print("tilewise: interrupted; nothing was written to the output (continue with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         if args.debug:

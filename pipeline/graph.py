@@ -51,6 +51,14 @@ class TileStats:
         return TileStats(self.run + other.run, self.skipped + other.skipped)
 
 
+@dataclass(frozen=True)
+class RunStats:
+    """What a run computed: tile statistics and the number of chunks written."""
+
+    tiles: TileStats
+    chunks_written: int
+
+
 @dataclass
 class Spill:
     """What a chunk's tiles add to the chunks below and to the right (the tiles' overhang)."""
@@ -61,10 +69,11 @@ class Spill:
 
 @dataclass
 class ChunkResult:
-    """The output of one chunk's inference: the sums on its own pixels, its validity, and its spill."""
+    """The output of one chunk's inference: the sums on its own pixels, its validity, and its spill (only the
+    spill when the chunk itself was already done)."""
 
     own: Contribution | None
-    valid: np.ndarray
+    valid: np.ndarray | None
     spill: Spill
 
 
@@ -90,29 +99,47 @@ def tile_is_valid(valid: np.ndarray, y: int, x: int, tile: int, min_fraction: fl
     return bool(np.count_nonzero(window) >= min_fraction * window.size)
 
 
-def infer_chunk(
-    reader: RasterReader,
-    job: TileJob,
-    own: tuple[Span, Span],
-    extent: tuple[Span, Span],
-    origins: tuple[tuple[int, ...], tuple[int, ...]],
-    destinations: dict[ChunkIndex, tuple[Span, Span]],
-    raster_shape: tuple[int, int],
-    _after: object = None,
-) -> ChunkResult:
+@dataclass(frozen=True)
+class ChunkTask:
+    """Where one chunk task reads, which tiles it runs and where its sums go (small and picklable)."""
+
+    index: ChunkIndex
+    own: tuple[Span, Span]
+    extent: tuple[Span, Span]
+    origins: tuple[tuple[int, ...], tuple[int, ...]]
+    #: Other chunks this chunk's tiles reach into, with their spans.
+    spills_to: dict[ChunkIndex, tuple[Span, Span]]
+    raster_shape: tuple[int, int]
+    #: The chunk itself is already written (a resumed run): run only the tiles that reach into ``spills_to``.
+    spill_only: bool = False
+
+
+def _reaches(y: int, x: int, tile: int, spans: list[tuple[Span, Span]]) -> bool:
+    rows, cols = Span(y, y + tile), Span(x, x + tile)
+    return any(rows.intersect(r) is not None and cols.intersect(c) is not None for r, c in spans)
+
+
+def infer_chunk(reader: RasterReader, job: TileJob, task: ChunkTask, _after: object = None) -> ChunkResult:
     """Read a chunk's window, run the tiles it owns, and split the weighted sums by destination chunk.
 
     ``_after`` is the (ignored) result of the task this one is throttled behind (see ``build_graph``).
     """
-    rows, cols = extent
-    height, width = raster_shape
+    tile = job.tile
+    origins = [(y, x) for y in task.origins[0] for x in task.origins[1]]
+    rows, cols = task.extent
+    if task.spill_only:
+        origins = [(y, x) for y, x in origins if _reaches(y, x, tile, list(task.spills_to.values()))]
+        if not origins:
+            return ChunkResult(None, None, Spill(dict.fromkeys(task.spills_to), TileStats()))
+        rows = Span(min(y for y, _ in origins), max(y for y, _ in origins) + tile)
+        cols = Span(min(x for _, x in origins), max(x for _, x in origins) + tile)
+    height, width = task.raster_shape
     data, valid = reader.read(Span(rows.start, min(rows.stop, height)), Span(cols.start, min(cols.stop, width)))
     image = _pad_to(data, rows.size, cols.size, 0)
     valid = _pad_to(valid, rows.size, cols.size, False)
     del data
 
-    tile = job.tile
-    local = [(y - rows.start, x - cols.start) for y in origins[0] for x in origins[1]]
+    local = [(y - rows.start, x - cols.start) for y, x in origins]
     runnable = [o for o in local if tile_is_valid(valid, o[0], o[1], tile, job.min_valid_fraction)]
     accumulator = Accumulator(rows, cols, job.classes, _weight(job.blend, tile, job.sigma))
     if runnable:
@@ -122,13 +149,13 @@ def infer_chunk(
             accumulator.add(probs, [(y + rows.start, x + cols.start) for y, x in batch_origins])
     del image
 
-    own_rows, own_cols = own
-    spill = {
-        index: accumulator.contribution(r, c, copy=True) for index, (r, c) in destinations.items() if (r, c) != own
-    }
+    spill = {index: accumulator.contribution(r, c, copy=True) for index, (r, c) in task.spills_to.items()}
     stats = TileStats(len(runnable), len(local) - len(runnable))
+    if task.spill_only:
+        return ChunkResult(None, None, Spill(spill, stats))
+    own_rows, own_cols = task.own
     own_valid = valid[: own_rows.size, : own_cols.size].copy()
-    return ChunkResult(accumulator.contribution(*own, copy=False), own_valid, Spill(spill, stats))
+    return ChunkResult(accumulator.contribution(*task.own, copy=False), own_valid, Spill(spill, stats))
 
 
 def blend_chunk(
@@ -137,6 +164,7 @@ def blend_chunk(
     """Blended probabilities (classes, rows, cols) of chunk ``index``: its own sums plus what its upper and
     left neighbours spilled into it, divided; NaN where the input is invalid or no tile ran."""
     probs = blend(rows, cols, classes, [result.own, *(s.pieces.get(index) for s in spills)])
+    assert result.valid is not None
     probs[:, ~result.valid] = np.nan
     return probs
 
@@ -179,6 +207,7 @@ def build_graph(
     keys: GraphKeys,
     outputs: Any | None = None,
     lookahead: int = 3,
+    done: frozenset[ChunkIndex] = frozenset(),
 ) -> dict[Any, Any]:
     """The tasks of a run: (keys.probs, 0, i, j) holds chunk (i, j)'s blended probabilities; with ``outputs``
     also a write task per chunk and ``keys.done``, which sums the tile statistics once everything is written.
@@ -187,49 +216,72 @@ def build_graph(
     finished (written, or blended without outputs). Without this a scheduler may run the chunks in any order
     and pile up sums waiting for neighbours that have not run; with it, the chunks in flight stay at
     ``lookahead`` and memory stays bounded whatever the raster's size.
+
+    Chunks in ``done`` (already written by an interrupted run) are neither run nor written; where their tiles
+    reach into a chunk that is not done, a spill-only task reruns just those tiles.
     """
     dsk: dict[Any, Any] = {}
     n_rows, n_cols = plan.shape
     shape = (plan.grid.height, plan.grid.width)
-    order = [(i, j) for i in range(n_rows) for j in range(n_cols)]
+    todo = [(i, j) for i in range(n_rows) for j in range(n_cols) if (i, j) not in done]
     finished = keys.write if outputs is not None else keys.probs
 
     def finished_key(i: int, j: int) -> tuple[Any, ...]:
         return (finished, i, j) if outputs is not None else (finished, 0, i, j)
 
-    for k, (i, j) in enumerate(order):
-        own = (plan.rows.span(i), plan.cols.span(j))
-        destinations = {
-            (di, dj): (plan.rows.span(di), plan.cols.span(dj))
-            for di in plan.rows.destinations(i)
-            for dj in plan.cols.destinations(j)
-        }
-        extent = (plan.rows.extent(i), plan.cols.extent(j))
-        origins = (plan.rows.owned(i), plan.cols.owned(j))
-        after = finished_key(*order[k - lookahead]) if k >= lookahead else None
-        dsk[(keys.infer, i, j)] = (infer_chunk, reader, job, own, extent, origins, destinations, shape, after)
+    def spans(i: int, j: int) -> tuple[Span, Span]:
+        return plan.rows.span(i), plan.cols.span(j)
+
+    def chunk_task(i: int, j: int, spill_only: bool) -> ChunkTask:
+        targets = [(di, dj) for di in plan.rows.destinations(i) for dj in plan.cols.destinations(j)]
+        targets = [t for t in targets if t != (i, j) and (not spill_only or t not in done)]
+        return ChunkTask(
+            index=(i, j),
+            own=spans(i, j),
+            extent=(plan.rows.extent(i), plan.cols.extent(j)),
+            origins=(plan.rows.owned(i), plan.cols.owned(j)),
+            spills_to={t: spans(*t) for t in targets},
+            raster_shape=shape,
+            spill_only=spill_only,
+        )
+
+    # Done chunks whose tiles reach into a chunk still to do: they only hand over their spill.
+    for i, j in sorted(done):
+        task = chunk_task(i, j, spill_only=True)
+        if task.spills_to:
+            dsk[(keys.infer, i, j)] = (infer_chunk, reader, job, task, None)
+            dsk[(keys.spill, i, j)] = (_spill, (keys.infer, i, j))
+
+    for k, (i, j) in enumerate(todo):
+        after = finished_key(*todo[k - lookahead]) if k >= lookahead else None
+        dsk[(keys.infer, i, j)] = (infer_chunk, reader, job, chunk_task(i, j, spill_only=False), after)
         dsk[(keys.spill, i, j)] = (_spill, (keys.infer, i, j))
         # The blend also depends on its own chunk's spill, so the spill is split off before the chunk's result
         # (the largest object of the run) is released, instead of pinning it until a neighbour needs it.
         spills = [(keys.spill, si, sj) for si in plan.rows.sources(i) for sj in plan.cols.sources(j)]
-        dsk[(keys.probs, 0, i, j)] = (blend_chunk, (i, j), *own, job.classes, (keys.infer, i, j), spills)
+        dsk[(keys.probs, 0, i, j)] = (blend_chunk, (i, j), *spans(i, j), job.classes, (keys.infer, i, j), spills)
         if outputs is not None:
-            dsk[(keys.write, i, j)] = (_write, outputs, *own, (keys.probs, 0, i, j), (keys.spill, i, j))
+            dsk[(keys.write, i, j)] = (_write, outputs, (i, j), *spans(i, j), (keys.probs, 0, i, j), (keys.spill, i, j))
     if outputs is not None:
-        dsk[keys.done] = (_total, [(keys.write, i, j) for i, j in order])
+        spill_only = [(keys.spill, i, j) for i, j in sorted(done) if (keys.spill, i, j) in dsk]
+        dsk[keys.done] = (_total, [(keys.write, i, j) for i, j in todo], spill_only)
     return dsk
 
 
-def _write(outputs: Any, rows: Span, cols: Span, probs: np.ndarray, spill: Spill) -> TileStats:
+def _write(
+    outputs: Any, index: ChunkIndex, rows: Span, cols: Span, probs: np.ndarray, spill: Spill
+) -> tuple[TileStats, int]:
     """Write a chunk; pass on its tile statistics (carried by its spill) to the final task."""
-    outputs.write(rows, cols, probs)
+    outputs.write(index, rows, cols, probs)
     del probs
     release_free_memory()
-    return spill.stats
+    return spill.stats, 1
 
 
-def _total(stats: list[TileStats]) -> TileStats:
+def _total(written: list[tuple[TileStats, int]], spill_only: list[Spill]) -> RunStats:
     total = TileStats()
-    for s in stats:
-        total = total + s
-    return total
+    for stats, _ in written:
+        total = total + stats
+    for spill in spill_only:
+        total = total + spill.stats
+    return RunStats(total, len(written))

@@ -8,6 +8,7 @@ from typing import Any
 from tiling.errors import OptionError
 from tiling.windows import BLEND_KINDS
 from tiling.writers.encode import OUTPUT_KINDS, PROBS_DTYPES
+from tiling.writers.formats import FORMATS
 
 from .devices import PRECISIONS
 from .runner import TTA_MODES
@@ -34,7 +35,9 @@ class PredictOptions:
     output_kind: str = "labels"
     probs_dtype: str = "float32"
     threshold: float = 0.5
+    format: str | None = None
     overwrite: bool = False
+    resume: bool = False
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -47,6 +50,8 @@ class PredictOptions:
         _choice(self.output_kind, OUTPUT_KINDS, "output_kind")
         _choice(self.probs_dtype, PROBS_DTYPES, "probs_dtype")
         _choice(self.precision, tuple(PRECISIONS), "precision")
+        if self.format is not None:
+            _choice(self.format, FORMATS, "format")
         if not isinstance(self.sigma, (int, float)) or not self.sigma > 0:
             raise OptionError(f"sigma must be a positive fraction of the tile, got {self.sigma!r}")
         if not isinstance(self.threshold, (int, float)) or not 0 < self.threshold < 1:

@@ -1,14 +1,14 @@
 """``predict``: one pass from input raster to output raster.
 
-    reader  = open_raster(input)                       # windowed reads, validity mask
-    grid    = TileGrid(...); plan = ChunkPlan(...)     # the global tile grid, cut into output chunks
-    outputs = open_outputs(output, ...)                # partial files, moved into place at the end
-    graph   = probability_graph(...) + write_graph(...)  # read → model batches → blend → write, per chunk
-    run the graph (threads by default)
+    reader  = open_raster(input)                      # windowed reads, validity mask
+    grid    = TileGrid(...); plan = ChunkPlan(...)    # the global tile grid, cut into output chunks
+    output  = RunOutput(path, ...)                    # a resumable work store next to the output
+    graph   = build_graph(reader, plan, job, output)  # per chunk: read → model batches → blend → write
+    run the graph (threads by default), then output.finalize()  # assemble COG / OME-TIFF / OME-Zarr / Zarr
 
 A pixel of the input is read by the chunk task that owns the tiles covering it, goes through the model once per
-covering tile, is blended with ``Σ w·p / Σ w`` in the chunk where it lies, and is written by that chunk's
-write task.
+covering tile, is blended with ``Σ w·p / Σ w`` in the chunk where it lies, is written to the work store by
+that chunk's write task, and reaches the output file when the finished store is assembled.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,14 @@ from tiling.grid import TileGrid, resolve_overlap
 from tiling.normalize import Normalization
 from tiling.plan import ChunkPlan
 from tiling.readers import RasterReader, open_raster
-from tiling.writers import OutputSpec, check_outputs, open_outputs
+from tiling.writers import OutputSpec, RunOutput, check_outputs, output_format
+from tiling.writers.atomic import partial_path
+from tiling.writers.workstore import RUN_KEY
 
 from .budget import ChunkCost, ResourcePlan, parse_size, plan_resources
-from .checkpoint import Checkpoint, ModelCard, read_card
+from .checkpoint import Checkpoint, ModelCard, checkpoint_fingerprint, read_card
 from .devices import check_precision, resolve_device
-from .graph import GraphKeys, TileJob, TileStats, build_graph
+from .graph import GraphKeys, RunStats, TileJob, build_graph
 from .model import UNetConfig, activation_bytes_per_tile, parameter_bytes
 from .options import PredictOptions
 from .runner import ModelSpec, cpu_threads, get_runner
@@ -66,15 +69,18 @@ class PredictReport:
     """What a run did."""
 
     outputs: list[Path]
+    format: str
     tiles_total: int
     tiles_run: int
     tiles_skipped: int
     chunks: int
+    chunks_computed: int
     chunk: int
     workers: int
     batch_size: int | None
     device: str
     seconds: float
+    resumed: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -149,6 +155,43 @@ def prepare(input: str | os.PathLike[str], model: ModelSource, opts: PredictOpti
     return RunSetup(reader, card, grid, plan, resources, job)
 
 
+def _recorded_chunk(output: Path) -> int | None:
+    """The chunk size of an interrupted run at ``output`` (a resumed run must keep it)."""
+    import zarr
+
+    try:
+        return int(zarr.open_group(str(partial_path(output)), mode="r").attrs[RUN_KEY]["chunk"])
+    except Exception:
+        return None
+
+
+def run_record(input: str | os.PathLike[str], model: ModelSource, setup: RunSetup, opts: PredictOptions, fmt: str):
+    """What makes a run this run: a resumed run must match it exactly (JSON-able)."""
+    stat = Path(input).stat()
+    job, grid = setup.job, setup.grid
+    return {
+        "input": str(Path(input).resolve()),
+        "input_size": stat.st_size,
+        "input_mtime_ns": stat.st_mtime_ns,
+        "model": f"in-memory:{id(model)}" if isinstance(model, Checkpoint) else checkpoint_fingerprint(model),
+        "bands": list(setup.reader.bands),
+        "shape": [grid.height, grid.width],
+        "tile": grid.tile,
+        "overlap": grid.overlap,
+        "blend": job.blend,
+        "sigma": job.sigma,
+        "normalization": job.normalization.to_mapping(),
+        "min_valid_fraction": job.min_valid_fraction,
+        "tta": opts.tta,
+        "precision": opts.precision,
+        "output_kind": opts.output_kind,
+        "probs_dtype": opts.probs_dtype,
+        "threshold": opts.threshold,
+        "chunk": setup.plan.chunk[0],
+        "format": fmt,
+    }
+
+
 def predict(
     input: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -157,57 +200,71 @@ def predict(
     **overrides: Any,
 ) -> PredictReport:
     """Segment ``input`` with ``model`` (a checkpoint path, or a loaded ``Checkpoint``) and write ``output``
-    (.tif or .zarr).
+    (.tif → COG, .ome.tif → OME-TIFF, .ome.zarr → OME-Zarr, .zarr → Zarr; or ``format=``).
 
     ``overrides`` are ``PredictOptions`` fields, e.g. ``predict("scene.tif", "mask.tif", "model.safetensors",
-    tile=256, output_kind="both")``. Nothing appears at ``output`` unless the run succeeds.
+    tile=256, output_kind="both")``. Nothing appears at ``output`` unless the run succeeds. With
+    ``resume=True`` the chunks an interrupted run finished are kept and only the others run.
     """
     opts = _options(options, overrides)
     output = Path(output)
-    spec = OutputSpec(opts.output_kind, opts.probs_dtype, opts.threshold)
-    check_outputs(output, spec, opts.overwrite)  # fail before any work on an unusable destination
+    fmt = output_format(output, opts.format)
+    check_outputs(output, fmt, OutputSpec(opts.output_kind, opts.probs_dtype, opts.threshold), opts.overwrite)
+    if opts.resume and opts.chunk is None:
+        opts = opts.updated(chunk=_recorded_chunk(output))
     began = time.perf_counter()
     setup = prepare(input, model, opts)
     reader, plan, job = setup.reader, setup.plan, setup.job
     try:
         spec = OutputSpec(opts.output_kind, opts.probs_dtype, opts.threshold, setup.card.class_names)
-        outputs = open_outputs(output, reader.info, spec, job.classes, plan.chunk, opts.overwrite)
+        out = RunOutput(output, fmt, spec, reader.info, job.classes)
+        done = out.start(plan.chunk, plan.shape, run_record(input, model, setup, opts, fmt), opts.resume)
+        keep_work, finished = False, False
         try:
             keys = GraphKeys(uuid.uuid4().hex[:12])
-            dsk = build_graph(reader, plan, job, keys, outputs, lookahead=setup.resources.workers)
+            dsk = build_graph(reader, plan, job, keys, out, lookahead=setup.resources.workers, done=frozenset(done))
             threads = cpu_threads(setup.resources.workers) if job.model.device == "cpu" else contextlib.nullcontext()
             with threads, rasterio.Env(GDAL_CACHEMAX=setup.resources.gdal_cache_mb):
                 stats = _run(dsk, keys.done, setup.resources.workers, opts.progress)
-            if stats.run == 0:
+            if stats.tiles.run == 0 and not done:
                 raise InputError(f"{reader.info.path} has no valid pixels (all nodata, masked or NaN)")
-            outputs.commit()
-        except BaseException:
-            outputs.abort()
+            out.finalize()
+            finished = True
+        except KeyboardInterrupt:
+            keep_work = True  # an interrupted run can be resumed
             raise
+        finally:
+            if not finished:
+                out.abort(keep_work=keep_work)
     finally:
         reader.close()
     runner = get_runner(job.model)
     return PredictReport(
-        outputs=outputs.paths,
+        outputs=out.paths,
+        format=fmt,
         tiles_total=setup.grid.n_tiles,
-        tiles_run=stats.run,
-        tiles_skipped=stats.skipped,
+        tiles_run=stats.tiles.run,
+        tiles_skipped=stats.tiles.skipped,
         chunks=plan.n_chunks,
+        chunks_computed=stats.chunks_written,
         chunk=plan.chunk[0],
         workers=setup.resources.workers,
         batch_size=runner.sizer.chosen,
         device=job.model.device,
         seconds=time.perf_counter() - began,
+        resumed=bool(done),
     )
 
 
-def _run(dsk: dict[Any, Any], key: Any, workers: int, progress: bool) -> TileStats:
-    """Run the graph on the local threaded scheduler."""
-    with dask.config.set({"optimization.fuse.active": False}):
-        if progress:
-            with ProgressBar(out=sys.stderr, dt=0.5):
-                return dask.threaded.get(dsk, key, num_workers=workers)
-        return dask.threaded.get(dsk, key, num_workers=workers)
+def _run(dsk: dict[Any, Any], key: Any, workers: int, progress: bool) -> RunStats:
+    """Run the graph on the local threaded scheduler.
+
+    The run owns its thread pool: when a task fails, leaving the ``with`` waits for the tasks still running, so
+    nothing writes to the work store while it is being cleaned up.
+    """
+    bar = ProgressBar(out=sys.stderr, dt=0.5) if progress else contextlib.nullcontext()
+    with ThreadPoolExecutor(workers) as pool, bar, dask.config.set({"optimization.fuse.active": False}):
+        return dask.threaded.get(dsk, key, num_workers=workers, pool=pool)
 
 
 def predict_array(

@@ -41,11 +41,12 @@ def make_checkpoint(
     tile: int = 64,
     depth: int = 2,
     seed: int = 0,
+    base_width: int = 4,
     **config: object,
 ) -> Path:
-    """A tiny random U-Net (base width 4) saved as a tilewise checkpoint."""
+    """A tiny random U-Net (base width 4 unless asked) saved as a tilewise checkpoint."""
     torch.manual_seed(seed)
-    cfg = UNetConfig(in_channels=in_channels, classes=classes, base_width=4, depth=depth, **config)  # type: ignore[arg-type]
+    cfg = UNetConfig(in_channels, classes, base_width, depth, **config)  # type: ignore[arg-type]
     names = ("background", "foreground") if classes == 1 else tuple(f"class{i}" for i in range(classes))
     card = ModelCard(cfg, Normalization((100.0,) * in_channels, (50.0,) * in_channels), names, tile)
     return save_checkpoint(path, build_model(cfg), card)

@@ -1,103 +1,155 @@
-"""Open the outputs of a run: ``open_outputs(path, ...)`` picks the format from the name.
+"""A run's outputs: chunks go to a resumable work store, which is assembled into the requested files at the end.
 
-``.tif``/``.tiff`` → GeoTIFF (georeferenced when the input is); ``.zarr`` → Zarr v3 group. With
-``--output-kind both`` a GeoTIFF run writes labels to PATH and probabilities to ``PATH_probs.tif``; a Zarr
-group holds both arrays.
+``RunOutput(path, …)`` picks the format from the name (``.tif`` → Cloud-Optimized GeoTIFF, ``.ome.tif`` →
+pyramidal OME-TIFF, ``.ome.zarr`` → OME-Zarr, ``.zarr`` → Zarr) or ``--format``. With ``--output-kind both`` a
+TIFF run writes labels to PATH and probabilities to ``NAME_probs.tif``; a Zarr store holds both. Nothing appears
+at PATH until the run is complete: the work store is ``PATH.partial`` and every file is renamed into place last.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+import shutil
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import numpy as np
 
-from ..errors import OptionError
 from ..plan import Span
 from ..readers.base import RasterInfo
-from .atomic import check_destination, partial_path
+from .atomic import check_destination, commit, partial_path, remove_path
 from .encode import OutputSpec
-from .geotiff import GeoTiffSink
-from .layers import output_layers
-from .zarr_writer import ZarrSink
+from .formats import FORMATS, output_format, output_paths
+from .geotiff import write_geotiff
+from .layers import Layer, output_layers
+from .ome_tiff import write_ome_tiff
+from .ome_zarr import array_paths, image_metadata, label_metadata
+from .pyramid import build_level, level_shapes
+from .workstore import COMPRESSORS, WorkStore
 
-__all__ = ["OutputSet", "OutputSpec", "open_outputs", "output_format", "output_paths"]
-
-FORMATS = {".tif": "geotiff", ".tiff": "geotiff", ".zarr": "zarr"}
-
-
-class Sink(Protocol):
-    def write(self, rows: Span, cols: Span, probs: np.ndarray) -> None: ...
-    def commit(self) -> None: ...
-    def abort(self) -> None: ...
+__all__ = ["FORMATS", "OutputSpec", "RunOutput", "check_outputs", "output_format", "output_paths"]
 
 
-def output_format(path: Path) -> str:
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise OptionError(f"cannot tell the output format of {path.name} (use a .tif or .zarr name)")
-    return fmt
-
-
-def output_paths(path: Path, spec: OutputSpec) -> list[Path]:
-    """Every path a run writes (for GeoTIFF with both kinds: labels at PATH, probabilities beside it)."""
-    if output_format(path) == "geotiff" and spec.kind == "both":
-        return [path, path.with_name(f"{path.stem}_probs{path.suffix}")]
-    return [path]
-
-
-@dataclass
-class OutputSet:
-    """All sinks of one run; chunks go to every sink, and all are committed or aborted together."""
-
-    sinks: list[Sink] = field(default_factory=list)
-    paths: list[Path] = field(default_factory=list)
-
-    def write(self, rows: Span, cols: Span, probs: np.ndarray) -> None:
-        for sink in self.sinks:
-            sink.write(rows, cols, probs)
-
-    def commit(self) -> None:
-        for sink in self.sinks:
-            sink.commit()
-
-    def abort(self) -> None:
-        for sink in self.sinks:
-            sink.abort()
-
-
-def check_outputs(path: Path, spec: OutputSpec, overwrite: bool) -> list[Path]:
+def check_outputs(path: Path, fmt: str, spec: OutputSpec, overwrite: bool) -> list[Path]:
     """Validate the destination(s) before any work starts; returns the paths that will be written."""
-    paths = output_paths(path, spec)
+    paths = output_paths(path, fmt, spec)
     for p in paths:
         check_destination(p, overwrite)
     return paths
 
 
-def open_outputs(
-    path: Path,
-    info: RasterInfo,
-    spec: OutputSpec,
-    classes: int,
-    chunk: tuple[int, int],
-    overwrite: bool,
-) -> OutputSet:
-    """Create the partial outputs for a run over a raster described by ``info``."""
-    paths = check_outputs(path, spec, overwrite)
-    layers = output_layers(spec, classes)
-    outputs = OutputSet(paths=paths)
-    try:
-        if output_format(path) == "zarr":
-            outputs.sinks.append(ZarrSink(path, layers, info, chunk, spec.class_names))
+def _descriptive_attributes(info: RasterInfo, class_names: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "software": "tilewise",
+        "class_names": list(class_names),
+        "crs": info.crs,
+        "transform": list(info.transform) if info.transform else None,
+        "pixel_size_um": list(info.pixel_size_um) if info.pixel_size_um else None,
+    }
+
+
+class RunOutput:
+    """Where one run's chunks go, and how they become the requested files."""
+
+    def __init__(self, path: Path, fmt: str, spec: OutputSpec, info: RasterInfo, classes: int) -> None:
+        self.final, self.fmt, self.spec, self.info = path, fmt, spec, info
+        self.layers: list[Layer] = output_layers(spec, classes)
+        self.paths = output_paths(path, fmt, spec)
+        self.work = partial_path(path)
+        if fmt == "ome-zarr":
+            self._array_paths = array_paths(self.layers)
         else:
-            for p, layer in zip(paths, layers, strict=True):
-                outputs.sinks.append(GeoTiffSink(p, layer, info, spec.class_names))
-    except BaseException:
-        outputs.abort()
-        raise
-    return outputs
+            self._array_paths = {layer.name: layer.name for layer in self.layers}
+        self.store: WorkStore | None = None
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.spec.class_names
 
-def partial_paths(paths: list[Path]) -> list[Path]:
-    return [partial_path(p) for p in paths]
+    def start(
+        self, chunk: tuple[int, int], chunk_grid: tuple[int, int], run: dict[str, Any], resume: bool
+    ) -> set[tuple[int, int]]:
+        """Open the work store (reopening an interrupted run's when ``resume``); returns the chunks already done."""
+        if resume and self.work.exists():
+            self.store = WorkStore.reopen(self.work, self.layers, run, self._array_paths)
+            return self.store.done_chunks()
+        remove_path(self.work)
+        attributes = _descriptive_attributes(self.info, self.class_names)
+        self.store = WorkStore.create(
+            self.work, self.info, self.layers, chunk, chunk_grid, run, attributes, self._array_paths
+        )
+        return set()
+
+    def write(self, index: tuple[int, int], rows: Span, cols: Span, probs: np.ndarray) -> None:
+        assert self.store is not None
+        self.store.write(index, rows, cols, probs)
+
+    def finalize(self) -> None:
+        """Assemble the requested files from the complete work store and move them into place."""
+        assert self.store is not None
+        if self.fmt in ("zarr", "ome-zarr"):
+            if self.fmt == "ome-zarr":
+                self._build_ome_zarr()
+            self.store.seal(_descriptive_attributes(self.info, self.class_names))
+            commit(self.work, self.final)
+            return
+        assembled = []
+        for i, (path, layer) in enumerate(zip(self.paths, self.layers, strict=True)):
+            dest = self.work / f"assembled-{i}{''.join(path.suffixes[-2:])}"
+            if self.fmt == "ome-tiff":
+                write_ome_tiff(self._pyramid(layer), layer, self.info, self.class_names, dest)
+            else:
+                write_geotiff(self.store, layer, self.info, self.class_names, dest, cog=self.fmt == "cog")
+            assembled.append((dest, path))
+        for dest, path in assembled:
+            if path.is_dir():
+                shutil.rmtree(path)
+            os.replace(dest, path)
+        remove_path(self.work)
+
+    def abort(self, keep_work: bool = False) -> None:
+        """Remove what the run wrote; with ``keep_work`` the work store stays for ``--resume``."""
+        if not keep_work:
+            remove_path(self.work)
+
+    def _pyramid(self, layer: Layer) -> list[Any]:
+        """Level 0 of ``layer`` and its reduced levels (built in the store next to it)."""
+        assert self.store is not None
+        level0 = self.store.array(layer.name)
+        levels = [level0]
+        group = self.store.group.require_group(f"levels_{layer.name}")
+        for k, shape in enumerate(level_shapes(*level0.shape[-2:])[1:], start=1):
+            levels.append(self._add_level(group, str(k), levels[-1], shape, layer))
+        return levels
+
+    def _add_level(self, group: Any, name: str, source: Any, shape: tuple[int, int], layer: Layer) -> Any:
+        lead = source.shape[:-2]
+        target = group.create_array(
+            name,
+            shape=(*lead, *shape),
+            chunks=source.chunks,
+            dtype=source.dtype,
+            fill_value=layer.nodata,
+            compressors=COMPRESSORS,
+            dimension_names=source.metadata.dimension_names,
+        )
+        build_level(source, target, labels=layer.name == "labels", nodata=layer.nodata)
+        return target
+
+    def _build_ome_zarr(self) -> None:
+        assert self.store is not None
+        root = self.store.group
+        for layer in self.layers:
+            level0_path = self._array_paths[layer.name]
+            parent_path = level0_path.rpartition("/")[0]
+            parent = root[parent_path] if parent_path else root
+            level0 = parent["0"]
+            shapes = level_shapes(*level0.shape[-2:])
+            previous = level0
+            for k, shape in enumerate(shapes[1:], start=1):
+                previous = self._add_level(parent, str(k), previous, shape, layer)
+            if parent_path:  # the label image under labels/
+                parent.attrs.update(label_metadata(layer, self.info, len(shapes), self.class_names))
+                root["labels"].attrs.update({"ome": {"version": "0.5", "labels": ["classes"]}})
+            else:
+                root.attrs.update(image_metadata(layer, self.info, len(shapes)))
