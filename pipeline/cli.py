@@ -24,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors (exit 2), like every other error of the command."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"tilewise: error: {message} (see tilewise {self.prog.split()[-1]} --help)", file=sys.stderr)
+        print(f"tilewise: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
 
@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="binary label threshold (default 0.5)")
     p.add_argument("--format", help="cog, geotiff, ome-tiff, ome-zarr or zarr (default: from the output's name)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output")
+    p.add_argument("--scheduler", help="threads (default) or tcp://HOST:PORT of a running Dask scheduler")
+    p.add_argument("--cluster", help="local:N: a local Dask cluster of N worker processes")
+    p.add_argument("--report", help="write Dask's performance report (HTML) here (cluster runs)")
     p.add_argument(
         "--resume",
         action="store_true",

@@ -11,16 +11,23 @@ from tiling.errors import OptionError
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; ``cuda``/``cuda:N`` must exist."""
+def resolve_device(name: str, here: bool = True) -> str:
+    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; ``cuda``/``cuda:N`` must exist.
+
+    With ``here=False`` (the model runs on cluster workers, not in this process) the name is only checked for
+    syntax: ``auto`` stays ``auto`` and each worker resolves it for itself.
+    """
     name = name.strip().lower()
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if name not in ("auto", "cpu") and match is None:
+        raise OptionError(f"unknown device {name!r} (expected auto, cpu, cuda or cuda:N)")
+    if not here:
+        return f"cuda:{int(match.group(1) or 0)}" if match else name
     if name == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return "cpu"
-    match = re.fullmatch(r"cuda(?::(\d+))?", name)
-    if match is None:
-        raise OptionError(f"unknown device {name!r} (expected auto, cpu, cuda or cuda:N)")
+    assert match is not None
     if not torch.cuda.is_available():
         raise OptionError(f"device {name!r} requested but no CUDA GPU is available (use --device cpu)")
     index = int(match.group(1) or 0)

@@ -206,7 +206,7 @@ def build_graph(
     job: TileJob,
     keys: GraphKeys,
     outputs: Any | None = None,
-    lookahead: int = 3,
+    lookahead: int | None = 3,
     done: frozenset[ChunkIndex] = frozenset(),
 ) -> dict[Any, Any]:
     """The tasks of a run: (keys.probs, 0, i, j) holds chunk (i, j)'s blended probabilities; with ``outputs``
@@ -215,7 +215,8 @@ def build_graph(
     Chunk tasks are throttled: the task of the k-th chunk (row-major) waits until chunk k - ``lookahead`` is
     finished (written, or blended without outputs). Without this a scheduler may run the chunks in any order
     and pile up sums waiting for neighbours that have not run; with it, the chunks in flight stay at
-    ``lookahead`` and memory stays bounded whatever the raster's size.
+    ``lookahead`` and memory stays bounded whatever the raster's size. ``lookahead=None`` leaves the order to the
+    scheduler (the distributed scheduler queues root tasks and does this by itself).
 
     Chunks in ``done`` (already written by an interrupted run) are neither run nor written; where their tiles
     reach into a chunk that is not done, a spill-only task reruns just those tiles.
@@ -253,7 +254,7 @@ def build_graph(
             dsk[(keys.spill, i, j)] = (_spill, (keys.infer, i, j))
 
     for k, (i, j) in enumerate(todo):
-        after = finished_key(*todo[k - lookahead]) if k >= lookahead else None
+        after = finished_key(*todo[k - lookahead]) if lookahead is not None and k >= lookahead else None
         dsk[(keys.infer, i, j)] = (infer_chunk, reader, job, chunk_task(i, j, spill_only=False), after)
         dsk[(keys.spill, i, j)] = (_spill, (keys.infer, i, j))
         # The blend also depends on its own chunk's spill, so the spill is split off before the chunk's result

@@ -38,6 +38,9 @@ class PredictOptions:
     format: str | None = None
     overwrite: bool = False
     resume: bool = False
+    scheduler: str | None = None
+    cluster: str | None = None
+    report: str | None = None
     progress: bool = False
 
     def __post_init__(self) -> None:

@@ -41,6 +41,7 @@ from tiling.writers.workstore import RUN_KEY
 
 from .budget import ChunkCost, ResourcePlan, parse_size, plan_resources
 from .checkpoint import Checkpoint, ModelCard, checkpoint_fingerprint, read_card
+from .cluster import SchedulerChoice, connect, run_graph, total_threads
 from .devices import check_precision, resolve_device
 from .graph import GraphKeys, RunStats, TileJob, build_graph
 from .model import UNetConfig, activation_bytes_per_tile, parameter_bytes
@@ -112,9 +113,12 @@ def plan_memory(
     )
 
 
-def prepare(input: str | os.PathLike[str], model: ModelSource, opts: PredictOptions) -> RunSetup:
-    """Open the input, read the model card and plan tiles, chunks and memory; loads no weights."""
-    device = resolve_device(opts.device)
+def prepare(input: str | os.PathLike[str], model: ModelSource, opts: PredictOptions, here: bool = True) -> RunSetup:
+    """Open the input, read the model card and plan tiles, chunks and memory; loads no weights.
+
+    ``here=False``: the model runs on cluster workers, which resolve the device themselves.
+    """
+    device = resolve_device(opts.device, here)
     check_precision(opts.precision, device)
     card = model.card if isinstance(model, Checkpoint) else read_card(model)
     tile = opts.tile or card.tile_size
@@ -209,12 +213,16 @@ def predict(
     opts = _options(options, overrides)
     output = Path(output)
     fmt = output_format(output, opts.format)
+    choice = SchedulerChoice.parse(opts.scheduler, opts.cluster)
+    if choice.distributed and isinstance(model, Checkpoint):
+        raise OptionError("a model held in memory runs on local threads only; give a checkpoint path for a cluster")
     check_outputs(output, fmt, OutputSpec(opts.output_kind, opts.probs_dtype, opts.threshold), opts.overwrite)
     if opts.resume and opts.chunk is None:
         opts = opts.updated(chunk=_recorded_chunk(output))
     began = time.perf_counter()
-    setup = prepare(input, model, opts)
+    setup = prepare(input, model, opts, here=not choice.distributed)
     reader, plan, job = setup.reader, setup.plan, setup.job
+    workers, extra = setup.resources.workers, {}
     try:
         spec = OutputSpec(opts.output_kind, opts.probs_dtype, opts.threshold, setup.card.class_names)
         out = RunOutput(output, fmt, spec, reader.info, job.classes)
@@ -222,10 +230,23 @@ def predict(
         keep_work, finished = False, False
         try:
             keys = GraphKeys(uuid.uuid4().hex[:12])
-            dsk = build_graph(reader, plan, job, keys, out, lookahead=setup.resources.workers, done=frozenset(done))
-            threads = cpu_threads(setup.resources.workers) if job.model.device == "cpu" else contextlib.nullcontext()
-            with threads, rasterio.Env(GDAL_CACHEMAX=setup.resources.gdal_cache_mb):
-                stats = _run(dsk, keys.done, setup.resources.workers, opts.progress)
+            if choice.distributed:
+                with connect(choice) as client:
+                    workers = total_threads(client)
+                    extra = {"dashboard": client.dashboard_link, "scheduler": client.scheduler.address}
+                    if opts.progress:
+                        print(f"tilewise: Dask dashboard at {client.dashboard_link}", file=sys.stderr)
+                    # No throttle here: the distributed scheduler queues root tasks by itself.
+                    dsk = build_graph(reader, plan, job, keys, out, lookahead=None, done=frozenset(done))
+                    model_keys = {k for k in dsk if isinstance(k, tuple) and k[0] == keys.infer}
+                    gpu = job.model.device.startswith("cuda")
+                    report = Path(opts.report) if opts.report else None
+                    stats = run_graph(client, dsk, model_keys, keys.done, gpu, opts.progress, report)
+            else:
+                dsk = build_graph(reader, plan, job, keys, out, lookahead=workers, done=frozenset(done))
+                threads = cpu_threads(workers) if job.model.device == "cpu" else contextlib.nullcontext()
+                with threads, rasterio.Env(GDAL_CACHEMAX=setup.resources.gdal_cache_mb):
+                    stats = _run(dsk, keys.done, workers, opts.progress)
             if stats.tiles.run == 0 and not done:
                 raise InputError(f"{reader.info.path} has no valid pixels (all nodata, masked or NaN)")
             out.finalize()
@@ -238,7 +259,6 @@ def predict(
                 out.abort(keep_work=keep_work)
     finally:
         reader.close()
-    runner = get_runner(job.model)
     return PredictReport(
         outputs=out.paths,
         format=fmt,
@@ -248,11 +268,12 @@ def predict(
         chunks=plan.n_chunks,
         chunks_computed=stats.chunks_written,
         chunk=plan.chunk[0],
-        workers=setup.resources.workers,
-        batch_size=runner.sizer.chosen,
+        workers=workers,
+        batch_size=None if choice.distributed else get_runner(job.model).sizer.chosen,
         device=job.model.device,
         seconds=time.perf_counter() - began,
         resumed=bool(done),
+        extra=extra,
     )
 
 

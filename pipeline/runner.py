@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -114,6 +114,8 @@ class ModelRunner:
     """A loaded model and the means to run tiles through it."""
 
     def __init__(self, spec: ModelSpec) -> None:
+        if spec.device == "auto":  # decided by the worker the model lands on
+            spec = replace(spec, device="cuda:0" if torch.cuda.is_available() else "cpu")
         self.spec = spec
         if spec.checkpoint.startswith(MEMORY_PREFIX):
             checkpoint = _IN_MEMORY[spec.checkpoint]
@@ -121,6 +123,8 @@ class ModelRunner:
         else:
             checkpoint = load_checkpoint(spec.checkpoint, device=spec.device)
             self.model = checkpoint.model
+            global LOADS
+            LOADS += 1
         self.card: ModelCard = checkpoint.card
         self.device = torch.device(spec.device)
         if spec.channels_last:
@@ -240,6 +244,8 @@ def cpu_threads(workers: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+#: Checkpoints loaded by this process (a cluster test checks each worker loads its model once).
+LOADS = 0
 _RUNNERS: dict[ModelSpec, ModelRunner] = {}
 _IN_MEMORY: dict[str, Checkpoint] = {}
 _RUNNERS_LOCK = threading.Lock()

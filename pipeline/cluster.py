@@ -1,0 +1,140 @@
+"""Running the graph on a Dask ``distributed`` cluster: an existing scheduler or a local cluster of processes.
+
+Workers read the input and write finished chunks into the work store themselves; the client sends a small graph
+(readers and models travel as descriptions) and gets back tile statistics only. Each worker process loads the
+model once (``runner.get_runner`` caches it per process). Model tasks ask for ``resources={"GPU": 1}`` when the
+run is on CUDA, so a mixed cluster runs them only on GPU workers; a cluster without any is refused up front.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tiling.errors import OptionError, TilewiseError
+
+#: Memory-light defaults for worker processes: GDAL's block cache, the allocator arenas.
+WORKER_ENV = {"GDAL_CACHEMAX": "64", "MALLOC_ARENA_MAX": "2"}
+
+
+@dataclass(frozen=True)
+class SchedulerChoice:
+    """``threads`` (local threads), ``address`` (tcp://HOST:PORT of a running scheduler) or ``local`` workers."""
+
+    kind: str
+    address: str | None = None
+    local_workers: int = 0
+
+    @classmethod
+    def parse(cls, scheduler: str | None, cluster: str | None) -> SchedulerChoice:
+        if scheduler and cluster:
+            raise OptionError("give either --scheduler or --cluster, not both")
+        if cluster:
+            match = re.fullmatch(r"local:(\d+)", cluster.strip())
+            if not match or int(match.group(1)) < 1:
+                raise OptionError(f"unknown cluster {cluster!r} (expected local:N, N worker processes)")
+            return cls("local", local_workers=int(match.group(1)))
+        if scheduler in (None, "threads"):
+            return cls("threads")
+        if re.fullmatch(r"(tcp|tls|ws|wss|inproc)://\S+", scheduler):
+            return cls("address", address=scheduler)
+        raise OptionError(f"unknown scheduler {scheduler!r} (expected threads or tcp://HOST:PORT)")
+
+    @property
+    def distributed(self) -> bool:
+        return self.kind != "threads"
+
+
+def _torch_threads_plugin(threads: int) -> Any:
+    """A worker plugin giving each worker's forward passes its share of the host's cores."""
+    from distributed import WorkerPlugin
+
+    class TorchThreads(WorkerPlugin):
+        name = "tilewise-torch-threads"
+
+        def setup(self, worker: Any) -> None:
+            import torch
+
+            torch.set_num_threads(threads)
+
+    return TorchThreads()
+
+
+@contextlib.contextmanager
+def connect(choice: SchedulerChoice) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``choice`` (closed, and a local cluster shut down, on exit)."""
+    from distributed import Client, LocalCluster
+
+    if choice.kind == "address":
+        try:
+            client = Client(choice.address, timeout="20s")
+        except OSError as exc:
+            raise TilewiseError(f"cannot reach the Dask scheduler at {choice.address}: {exc}") from None
+        with client:
+            yield client
+        return
+    cores = os.cpu_count() or 1
+    with (
+        LocalCluster(
+            n_workers=choice.local_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            env=WORKER_ENV,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.register_plugin(_torch_threads_plugin(max(1, cores // choice.local_workers)))
+        yield client
+
+
+def check_gpu_workers(client: Any) -> None:
+    """Refuse a CUDA run on a cluster with no worker offering the GPU resource (it would wait forever)."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    if not any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers.values()):
+        raise OptionError(
+            f"the run needs GPU workers but none of the cluster's {len(workers)} worker(s) offers the GPU resource "
+            "(start GPU workers with: dask worker SCHEDULER --nthreads 1 --resources GPU=1)"
+        )
+
+
+def total_threads(client: Any) -> int:
+    return max(1, sum(client.nthreads().values()))
+
+
+def run_graph(
+    client: Any,
+    dsk: dict[Any, Any],
+    model_keys: set[Any],
+    final_key: Any,
+    gpu: bool,
+    progress: bool,
+    report: Path | None,
+) -> Any:
+    """Compute ``final_key`` on the cluster; model tasks carry the GPU resource when ``gpu``."""
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+    from distributed import performance_report
+    from distributed import progress as show_progress
+
+    if gpu:
+        check_gpu_workers(client)
+    model_layer = {k: v for k, v in dsk.items() if k in model_keys}
+    rest = {k: v for k, v in dsk.items() if k not in model_keys}
+    annotations = {"resources": {"GPU": 1}} if gpu else None
+    graph = HighLevelGraph(
+        {
+            "tilewise-model": MaterializedLayer(model_layer, annotations=annotations),
+            "tilewise-rest": MaterializedLayer(rest),
+        },
+        {"tilewise-model": set(), "tilewise-rest": {"tilewise-model"}},
+    )
+    with performance_report(filename=str(report)) if report else contextlib.nullcontext():
+        future = client.get(graph, final_key, sync=False)
+        if progress:
+            show_progress(future)
+        return future.result()

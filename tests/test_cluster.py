@@ -1,0 +1,129 @@
+"""Runs on a Dask cluster (started on loopback inside the tests): same output as threads, a lost worker costs
+time and not data, GPU tasks refuse a cluster without GPUs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline import predict
+from pipeline.cli import main
+from tiling import OptionError
+
+from .conftest import make_checkpoint, random_image, write_geotiff
+
+distributed = pytest.importorskip("distributed")
+
+OPTIONS = {"tile": 64, "overlap": 16, "chunk": 96, "output_kind": "probs"}
+
+
+def _probs(path: Path) -> np.ndarray:
+    return zarr.open_group(str(path), mode="r")["probs"][:]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("cluster")
+    scene = write_geotiff(folder / "scene.tif", random_image((3, 320, 400), seed=31))
+    model = make_checkpoint(folder / "m.safetensors", tile=64, base_width=8)
+    reference = folder / "threads.zarr"
+    predict(scene, reference, model, **OPTIONS)
+    return {"scene": scene, "model": model, "reference": reference, "folder": folder}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
+        yield c
+
+
+def test_cluster_output_equals_threads_and_each_worker_loads_the_model_once(files, cluster) -> None:
+    out = files["folder"] / "cluster.zarr"
+    report = predict(files["scene"], out, files["model"], scheduler=cluster.scheduler_address, **OPTIONS)
+    np.testing.assert_allclose(_probs(out), _probs(files["reference"]), atol=1e-5, rtol=0)
+    assert report.tiles_run == report.tiles_total and report.workers == 2
+    with distributed.Client(cluster) as client:
+        loads = client.run(lambda: __import__("pipeline.runner").runner.LOADS)
+    assert sum(loads.values()) >= 1 and all(n <= 1 for n in loads.values()), loads
+
+
+def test_gpu_tasks_on_a_cluster_without_gpus_fail_fast(files, cluster) -> None:
+    began = time.monotonic()
+    with pytest.raises(OptionError, match="none of the cluster's 2 worker"):
+        predict(
+            files["scene"],
+            files["folder"] / "gpu.zarr",
+            files["model"],
+            scheduler=cluster.scheduler_address,
+            device="cuda",
+            **OPTIONS,
+        )
+    assert time.monotonic() - began < 30
+    assert not (files["folder"] / "gpu.zarr").exists()
+
+
+def test_cli_local_cluster_with_performance_report(files, capsys) -> None:
+    out, report = files["folder"] / "cli.zarr", files["folder"] / "report.html"
+    code = main(
+        [
+            "predict",
+            str(files["scene"]),
+            str(out),
+            "--model",
+            str(files["model"]),
+            "--cluster",
+            "local:2",
+            "--report",
+            str(report),
+            "--tile",
+            "64",
+            "--overlap",
+            "16",
+            "--chunk",
+            "96",
+            "--output-kind",
+            "probs",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    np.testing.assert_allclose(_probs(out), _probs(files["reference"]), atol=1e-5, rtol=0)
+    assert report.stat().st_size > 10_000 and b"<html" in report.read_bytes()[:2000].lower()
+
+
+def test_a_worker_killed_mid_run_costs_time_not_data(files) -> None:
+    out = files["folder"] / "killed.zarr"
+    store = out.with_name("killed.zarr.partial")
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c,
+        distributed.Client(c) as client,
+    ):
+        pids = client.run(os.getpid)
+        killed: list[int] = []
+
+        def kill_one_worker_once_work_is_under_way() -> None:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    if zarr.open_group(str(store), mode="r")["done"][:].sum() >= 2:
+                        break
+                except Exception:
+                    pass
+                time.sleep(0.02)
+            pid = next(iter(pids.values()))
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+        killer = threading.Thread(target=kill_one_worker_once_work_is_under_way)
+        killer.start()
+        report = predict(files["scene"], out, files["model"], scheduler=c.scheduler_address, **OPTIONS)
+        killer.join()
+    assert killed, "no worker was killed"
+    assert report.chunks_computed == report.chunks
+    np.testing.assert_allclose(_probs(out), _probs(files["reference"]), atol=1e-5, rtol=0)
