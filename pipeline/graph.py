@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from tiling.blend import Accumulator, Contribution, blend
+from tiling.masking import CoarseMask, MaskCrop
 from tiling.normalize import Normalization
 from tiling.plan import ChunkPlan, Span
 from tiling.readers.base import RasterReader
@@ -42,13 +43,15 @@ class TileJob:
 
 @dataclass(frozen=True)
 class TileStats:
-    """Tiles a chunk ran through the model, and tiles it skipped (no valid pixels)."""
+    """Tiles a chunk ran through the model, tiles it skipped (too few valid pixels), and chunks not read at
+    all (no valid pixel under their window)."""
 
     run: int = 0
     skipped: int = 0
+    unread: int = 0
 
     def __add__(self, other: TileStats) -> TileStats:
-        return TileStats(self.run + other.run, self.skipped + other.skipped)
+        return TileStats(self.run + other.run, self.skipped + other.skipped, self.unread + other.unread)
 
 
 @dataclass
@@ -98,22 +101,33 @@ def infer_chunk(
     origins: tuple[tuple[int, ...], tuple[int, ...]],
     destinations: dict[ChunkIndex, tuple[Span, Span]],
     raster_shape: tuple[int, int],
+    area: MaskCrop | None = None,
     _after: object = None,
 ) -> ChunkResult:
     """Read a chunk's window, run the tiles it owns, and split the weighted sums by destination chunk.
 
+    ``area`` is the valid-area mask under the window (None: the input's own validity only). A window with no
+    pixel in the mask is not read. Tiles with fewer than ``job.min_valid_fraction`` of their pixels valid
+    (and inside the mask) are not run; pixels outside the mask come out NaN. The mask does not change what the
+    model sees: only the input's own invalid pixels (nodata) are zeroed in the tiles that run.
     ``_after`` is the (ignored) result of the task this one is throttled behind (see ``build_graph``).
     """
     rows, cols = extent
     height, width = raster_shape
+    own_rows, own_cols = own
+    local = [(y - rows.start, x - cols.start) for y in origins[0] for x in origins[1]]
+    if area is not None and not area.any():
+        nothing = {index: None for index, spans in destinations.items() if spans != own}
+        stats = TileStats(0, len(local), 1)
+        return ChunkResult(None, np.zeros((own_rows.size, own_cols.size), bool), Spill(nothing, stats))
     data, valid = reader.read(Span(rows.start, min(rows.stop, height)), Span(cols.start, min(cols.stop, width)))
     image = _pad_to(data, rows.size, cols.size, 0)
     valid = _pad_to(valid, rows.size, cols.size, False)
+    selected = valid if area is None else valid & area.expand(rows, cols)
     del data
 
     tile = job.tile
-    local = [(y - rows.start, x - cols.start) for y in origins[0] for x in origins[1]]
-    runnable = [o for o in local if tile_is_valid(valid, o[0], o[1], tile, job.min_valid_fraction)]
+    runnable = [o for o in local if tile_is_valid(selected, o[0], o[1], tile, job.min_valid_fraction)]
     accumulator = Accumulator(rows, cols, job.classes, _weight(job.blend, tile, job.sigma))
     if runnable:
         runner = get_runner(job.model)
@@ -122,12 +136,11 @@ def infer_chunk(
             accumulator.add(probs, [(y + rows.start, x + cols.start) for y, x in batch_origins])
     del image
 
-    own_rows, own_cols = own
     spill = {
         index: accumulator.contribution(r, c, copy=True) for index, (r, c) in destinations.items() if (r, c) != own
     }
     stats = TileStats(len(runnable), len(local) - len(runnable))
-    own_valid = valid[: own_rows.size, : own_cols.size].copy()
+    own_valid = selected[: own_rows.size, : own_cols.size].copy()
     return ChunkResult(accumulator.contribution(*own, copy=False), own_valid, Spill(spill, stats))
 
 
@@ -179,9 +192,11 @@ def build_graph(
     keys: GraphKeys,
     outputs: Any | None = None,
     lookahead: int = 3,
+    mask: CoarseMask | None = None,
 ) -> dict[Any, Any]:
     """The tasks of a run: (keys.probs, 0, i, j) holds chunk (i, j)'s blended probabilities; with ``outputs``
     also a write task per chunk and ``keys.done``, which sums the tile statistics once everything is written.
+    With a valid-area ``mask``, each chunk task carries the crop of the mask under its window.
 
     Chunk tasks are throttled: the task of the k-th chunk (row-major) waits until chunk k - ``lookahead`` is
     finished (written, or blended without outputs). Without this a scheduler may run the chunks in any order
@@ -207,7 +222,8 @@ def build_graph(
         extent = (plan.rows.extent(i), plan.cols.extent(j))
         origins = (plan.rows.owned(i), plan.cols.owned(j))
         after = finished_key(*order[k - lookahead]) if k >= lookahead else None
-        dsk[(keys.infer, i, j)] = (infer_chunk, reader, job, own, extent, origins, destinations, shape, after)
+        area = None if mask is None else mask.crop(*extent)
+        dsk[(keys.infer, i, j)] = (infer_chunk, reader, job, own, extent, origins, destinations, shape, area, after)
         dsk[(keys.spill, i, j)] = (_spill, (keys.infer, i, j))
         # The blend also depends on its own chunk's spill, so the spill is split off before the chunk's result
         # (the largest object of the run) is released, instead of pinning it until a neighbour needs it.

@@ -31,6 +31,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from tiling.errors import InputError, OptionError
 from tiling.grid import TileGrid, resolve_overlap
+from tiling.masking import CoarseMask, make_mask, mask_scale
 from tiling.normalize import Normalization
 from tiling.plan import ChunkPlan
 from tiling.readers import RasterReader, open_raster
@@ -42,6 +43,7 @@ from .devices import check_precision, resolve_device
 from .graph import GraphKeys, TileJob, TileStats, build_graph
 from .model import UNetConfig, activation_bytes_per_tile, parameter_bytes
 from .options import PredictOptions
+from .products import check_products, write_products
 from .runner import ModelSpec, cpu_threads, get_runner
 
 #: Largest batch tried on a CPU (batch 1 is usually fastest per tile there; more only costs memory).
@@ -59,6 +61,7 @@ class RunSetup:
     plan: ChunkPlan
     resources: ResourcePlan
     job: TileJob
+    mask: CoarseMask | None = None
 
 
 @dataclass
@@ -76,6 +79,16 @@ class PredictReport:
     device: str
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    chunks_unread: int = 0
+    valid_fraction: float | None = None
+    mask: str | None = None
+    pixel_size_um: tuple[float, float] | None = None
+    polygons: int | None = None
+
+    @property
+    def skipped_fraction(self) -> float:
+        """Share of the grid's tiles that were not run through the model (outside the mask or nodata)."""
+        return self.tiles_skipped / self.tiles_total if self.tiles_total else 0.0
 
 
 def _options(options: PredictOptions | None, overrides: dict[str, Any]) -> PredictOptions:
@@ -115,7 +128,7 @@ def prepare(input: str | os.PathLike[str], model: ModelSource, opts: PredictOpti
     card.model.check_tile(tile)
     overlap = resolve_overlap(opts.overlap, tile)
 
-    reader = open_raster(input, bands=opts.bands or card.bands)
+    reader = open_raster(input, opts.bands or card.bands, opts.level, opts.mpp, opts.mpp_tolerance)
     try:
         bands = len(reader.bands)
         if bands != card.model.in_channels:
@@ -141,12 +154,14 @@ def prepare(input: str | os.PathLike[str], model: ModelSource, opts: PredictOpti
             spec = ModelSpec.for_model(model, **settings)
         else:
             spec = ModelSpec.for_checkpoint(model, **settings)
-        job = TileJob(tile, opts.blend, float(opts.sigma), normalization, card.model.classes, spec)
+        job = TileJob(tile, opts.blend, float(opts.sigma), normalization, card.model.classes, spec, opts.min_valid)
         plan = ChunkPlan(grid, (resources.chunk, resources.chunk))
+        scale = opts.mask_scale or mask_scale(grid.height, grid.width, tile)
+        mask = make_mask(reader, opts.mask, scale, opts.tissue_channel, opts.tissue_threshold)
     except BaseException:
         reader.close()
         raise
-    return RunSetup(reader, card, grid, plan, resources, job)
+    return RunSetup(reader, card, grid, plan, resources, job, mask)
 
 
 def predict(
@@ -166,6 +181,7 @@ def predict(
     output = Path(output)
     spec = OutputSpec(opts.output_kind, opts.probs_dtype, opts.threshold)
     check_outputs(output, spec, opts.overwrite)  # fail before any work on an unusable destination
+    check_products(opts, output)
     began = time.perf_counter()
     setup = prepare(input, model, opts)
     reader, plan, job = setup.reader, setup.plan, setup.job
@@ -174,21 +190,23 @@ def predict(
         outputs = open_outputs(output, reader.info, spec, job.classes, plan.chunk, opts.overwrite)
         try:
             keys = GraphKeys(uuid.uuid4().hex[:12])
-            dsk = build_graph(reader, plan, job, keys, outputs, lookahead=setup.resources.workers)
+            dsk = build_graph(reader, plan, job, keys, outputs, setup.resources.workers, setup.mask)
             threads = cpu_threads(setup.resources.workers) if job.model.device == "cpu" else contextlib.nullcontext()
             with threads, rasterio.Env(GDAL_CACHEMAX=setup.resources.gdal_cache_mb):
                 stats = _run(dsk, keys.done, setup.resources.workers, opts.progress)
             if stats.run == 0:
-                raise InputError(f"{reader.info.path} has no valid pixels (all nodata, masked or NaN)")
+                where = f"inside the {setup.mask.source} mask" if setup.mask else "(all nodata, masked or NaN)"
+                raise InputError(f"{reader.info.path} has no valid pixels {where}")
             outputs.commit()
         except BaseException:
             outputs.abort()
             raise
+        products = write_products(opts, reader, setup.mask, output, spec)
     finally:
         reader.close()
     runner = get_runner(job.model)
     return PredictReport(
-        outputs=outputs.paths,
+        outputs=[*outputs.paths, *products.paths],
         tiles_total=setup.grid.n_tiles,
         tiles_run=stats.run,
         tiles_skipped=stats.skipped,
@@ -198,6 +216,11 @@ def predict(
         batch_size=runner.sizer.chosen,
         device=job.model.device,
         seconds=time.perf_counter() - began,
+        chunks_unread=stats.unread,
+        valid_fraction=setup.mask.valid_fraction if setup.mask else None,
+        mask=setup.mask.source if setup.mask else None,
+        pixel_size_um=reader.info.pixel_size_um,
+        polygons=products.polygons,
     )
 
 
@@ -223,7 +246,7 @@ def predict_array(
     """
     setup = prepare(input, model, _options(options, overrides))
     keys = GraphKeys(uuid.uuid4().hex[:12])
-    dsk = build_graph(setup.reader, setup.plan, setup.job, keys, lookahead=setup.resources.workers)
+    dsk = build_graph(setup.reader, setup.plan, setup.job, keys, lookahead=setup.resources.workers, mask=setup.mask)
     graph = HighLevelGraph.from_collections(keys.probs, dsk, dependencies=[])
     chunks = ((setup.job.classes,), *setup.plan.chunks)
     return da.Array(graph, keys.probs, chunks=chunks, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
