@@ -128,6 +128,9 @@ def _predict_options(args: argparse.Namespace) -> tuple[PredictOptions, str | No
     if args.config:
         values.update(load_config(args.config, "predict", [*PredictOptions.names(), "model"]))
     flags = {k: v for k, v in vars(args).items() if k not in _CLI_ONLY and v is not None}
+    for chosen, other in (("level", "mpp"), ("mpp", "level")):
+        if chosen in flags and other not in flags:
+            values.pop(other, None)  # --level overrides a config's mpp, and --mpp a config's level
     values.update(flags)
     model = args.model or values.pop("model", None)
     values.pop("model", None)

@@ -182,7 +182,7 @@ def raster_mask(path: str | Path, reader: RasterReader, scale: int) -> CoarseMas
             array = _stretch((values[0] != 0) & valid, shape)
     finally:
         mask_reader.close()
-    return CoarseMask(array, scale, info.height, info.width, f"mask {Path(path).name}")
+    return CoarseMask(array, scale, info.height, info.width, Path(path).name)
 
 
 def _stretch(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
