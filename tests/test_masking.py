@@ -185,3 +185,17 @@ def test_nodata_mask_skips_the_collar(tmp_path) -> None:
     assert masked.tiles_run == plain.tiles_run
     with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
         np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_reduced_validity_is_any_valid_pixel_for_every_reader(tmp_path) -> None:
+    image = random_image((1, 64, 64), seed=1)
+    image[:] = 0
+    image[0, 5, 9] = 200  # one valid pixel in cell (0, 1) of an 8 px grid
+    geotiff = write_geotiff(tmp_path / "g.tif", image, nodata=0)
+    plain = tmp_path / "p.tif"
+    tifffile.imwrite(plain, image[0], extratags=[(42113, "s", 0, "0", True)])  # GDAL_NODATA
+    for path in (geotiff, plain):
+        _, valid = open_raster(path).read_reduced((8, 8), "average")
+        expected = np.zeros((8, 8), bool)
+        expected[0, 1] = True
+        np.testing.assert_array_equal(valid, expected, err_msg=str(path))

@@ -19,8 +19,10 @@ from .base import RasterInfo, RasterReader
 
 #: Bytes of float32 source pixels resampled at a time (a read is cut into strips of output rows).
 STRIP_BYTES = 64 * 2**20
-#: A resampled pixel is valid when at least this share of its area is valid in the source.
+#: A resampled pixel (in the grid the model reads) is valid when at least this share of its area is valid.
 MIN_VALID_AREA = 0.5
+#: A pixel of a reduced read (thumbnails, masks) is valid when any pixel under it is, as GDAL's masks are.
+ANY_VALID_AREA = 1e-6
 
 
 def resampled_length(source: int, factor: float) -> int:
@@ -61,14 +63,16 @@ def resample_window(
     rows: tuple[np.ndarray, np.ndarray],
     cols: tuple[np.ndarray, np.ndarray],
     dtype: np.dtype[Any],
+    min_area: float = MIN_VALID_AREA,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Area-average (bands, h, w) source pixels with row/column (index, weight) tables whose indices are
-    relative to ``data``; returns the resampled pixels in ``dtype`` and their validity."""
+    relative to ``data``, over the valid pixels only; returns the resampled pixels in ``dtype`` and their
+    validity (at least ``min_area`` of the pixel's area valid)."""
     fraction = valid.astype(np.float32)
     values = np.where(valid, data, 0).astype(np.float32)
     area = _weighted(_weighted(fraction, *rows, axis=-2), *cols, axis=-1)
     total = _weighted(_weighted(values, *rows, axis=-2), *cols, axis=-1)
-    ok = area >= MIN_VALID_AREA
+    ok = area >= min_area
     out = np.divide(total, area, out=np.zeros_like(total), where=ok)
     if np.dtype(dtype).kind in "ui":
         info = np.iinfo(dtype)
@@ -151,7 +155,8 @@ def _reduction(out: int, source: int, resampling: str) -> tuple[np.ndarray, np.n
 
 def reduce_by_strips(reader: RasterReader, shape: tuple[int, int], resampling: str) -> tuple[np.ndarray, np.ndarray]:
     """The whole raster of ``reader`` reduced to ``shape`` (rows, cols), read in strips of rows so that
-    memory stays a strip plus the output, whatever the raster's size."""
+    memory stays a strip plus the output, whatever the raster's size. A reduced pixel is valid when any
+    source pixel it averages is ("average"), or when its centre pixel is ("nearest")."""
     if resampling not in REDUCTIONS:
         raise ValueError(f"unknown reduction {resampling!r}")
     height, width = reader.info.height, reader.info.width
@@ -171,6 +176,6 @@ def reduce_by_strips(reader: RasterReader, shape: tuple[int, int], resampling: s
         r0, r1 = int(index.min()), int(index.max()) + 1
         source, source_valid = reader.read(Span(r0, r1), Span(0, width))
         data[:, start:stop], valid[start:stop] = resample_window(
-            source, source_valid, (index - r0, weights), cols, dtype
+            source, source_valid, (index - r0, weights), cols, dtype, ANY_VALID_AREA
         )
     return data, valid
