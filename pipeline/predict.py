@@ -190,7 +190,7 @@ def predict(
         outputs = open_outputs(output, reader.info, spec, job.classes, plan.chunk, opts.overwrite)
         try:
             keys = GraphKeys(uuid.uuid4().hex[:12])
-            dsk = build_graph(reader, plan, job, keys, outputs, setup.resources.workers, setup.mask)
+            dsk = build_graph(reader, plan, job, keys, outputs, lookahead=setup.resources.workers, mask=setup.mask)
             threads = cpu_threads(setup.resources.workers) if job.model.device == "cpu" else contextlib.nullcontext()
             with threads, rasterio.Env(GDAL_CACHEMAX=setup.resources.gdal_cache_mb):
                 stats = _run(dsk, keys.done, setup.resources.workers, opts.progress)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyogrio.raw
 import shapely
 from rasterio.features import shapes
 from rasterio.transform import Affine
@@ -130,6 +129,9 @@ def write_polygons(
     to_map = [a, b, d, e, c, f]
     partial = vector_partial(dest)
     remove_path(partial)
+    # pyogrio carries its own GDAL beside rasterio's: load it only when polygons are asked for.
+    import pyogrio.raw
+
     written = 0
     batch: list[tuple[int, Polygon]] = []
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyogrio
 import pytest
 import rasterio
 import shapely
@@ -44,6 +43,8 @@ def landsat_labels(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
 
 
 def _read(path: Path) -> tuple[dict, np.ndarray, np.ndarray]:
+    import pyogrio.raw  # its own GDAL beside rasterio's: loaded only by the tests that read polygons
+
     meta, _, geometry, fields = pyogrio.raw.read(path)
     return meta, shapely.from_wkb(geometry), fields[0]
 
