@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tiling.errors import OptionError, TilewiseError
 
 from .config import load_config
 from .info import describe
 from .options import PredictOptions
+
+if TYPE_CHECKING:
+    from .predict import PredictReport
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -61,6 +64,14 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="chunks in flight (default: planned from memory and cores)")
     p.add_argument("--memory-limit", help="memory budget: 4GB, 512MB, or 0.5 of free RAM (default 0.6)")
     p.add_argument("--bands", type=_bands, help="1-based input bands, e.g. 4,3,2 (default: the checkpoint's)")
+    p.add_argument("--level", type=int, help="slide pyramid level to read (0 = full resolution)")
+    p.add_argument("--mpp", type=float, help="read a slide at this many µm per pixel (closest finer level, resampled)")
+    p.add_argument("--mpp-tolerance", type=float, help="a level within this fraction of --mpp is read as is (0.05)")
+    p.add_argument("--mask", help="valid-area mask: tissue, nodata, none, or a mask raster (non-zero = compute)")
+    p.add_argument("--mask-scale", type=int, help="mask grid cell in pixels (default: planned, ≤ 2048 cells a side)")
+    p.add_argument("--tissue-channel", help="tissue detection on saturation (default) or grey")
+    p.add_argument("--tissue-threshold", type=float, help="fixed tissue threshold in [0, 1] (default: Otsu)")
+    p.add_argument("--min-valid", type=float, help="skip tiles with less than this valid fraction (default 0: any)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probs-dtype", help="probabilities as float32 (default) or uint8")
     p.add_argument("--threshold", type=float, help="binary label threshold (default 0.5)")
     p.add_argument("--format", help="cog, geotiff, ome-tiff, ome-zarr or zarr (default: from the output's name)")
+    p.add_argument("--preview", help="write a PNG preview of the input with the classes over it")
+    p.add_argument("--preview-size", type=int, help="longest side of the preview in pixels (default 1024)")
+    p.add_argument("--vector", help="write the label map as polygons: .gpkg or .geojson, in the input's CRS")
+    p.add_argument("--min-area", type=float, help="drop polygons smaller than this (map units², default 0)")
+    p.add_argument("--vector-classes", type=_bands, help="classes to polygonise, e.g. 1,2 (default: all but 0)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output")
     p.add_argument("--scheduler", help="threads (default) or tcp://HOST:PORT of a running Dask scheduler")
     p.add_argument("--cluster", help="local:N: a local Dask cluster of N worker processes")
@@ -122,6 +138,9 @@ def _predict_options(args: argparse.Namespace) -> tuple[PredictOptions, str | No
     if args.config:
         values.update(load_config(args.config, "predict", [*PredictOptions.names(), "model"]))
     flags = {k: v for k, v in vars(args).items() if k not in _CLI_ONLY and v is not None}
+    for chosen, other in (("level", "mpp"), ("mpp", "level")):
+        if chosen in flags and other not in flags:
+            values.pop(other, None)  # --level overrides a config's mpp, and --mpp a config's level
     values.update(flags)
     model = args.model or values.pop("model", None)
     values.pop("model", None)
@@ -138,16 +157,33 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise OptionError("no model given: pass --model CHECKPOINT (or set model: in the config)")
     check_options(opts)
     report = predict(args.input, args.output, model, opts)
-    outputs = ", ".join(str(p) for p in report.outputs)
-    resumed = f" (resumed: {report.chunks_computed} of {report.chunks} chunks computed)" if report.resumed else ""
-    print(
-        f"wrote {outputs} ({report.format}): {report.tiles_run} of {report.tiles_total} tiles run "
-        f"({report.tiles_skipped} skipped as nodata), {report.chunks} chunk(s) of {report.chunk} px, "
-        f"{report.workers} in flight, batch {report.batch_size or 'n/a'} on {report.device}, "
-        f"{report.seconds:.1f} s{resumed}",
-        file=sys.stderr,
-    )
+    print(summary(report), file=sys.stderr)
     return 0
+
+
+def summary(report: PredictReport) -> str:
+    """The final line of a run: what was written, what ran and what was skipped."""
+    outputs = ", ".join(str(p) for p in report.outputs)
+    why = f"outside the {report.mask} mask or nodata" if report.mask else "nodata"
+    parts = [
+        f"wrote {outputs} ({report.format}): {report.tiles_run} of {report.tiles_total} tiles run "
+        f"({report.tiles_skipped} skipped, {report.skipped_fraction:.1%}, {why})"
+    ]
+    if report.valid_fraction is not None:
+        parts.append(f"{report.valid_fraction:.1%} of the raster inside the mask")
+    if report.chunks_unread:
+        parts.append(f"{report.chunks_unread} of {report.chunks} chunk(s) not read")
+    if report.polygons is not None:
+        parts.append(f"{report.polygons} polygon(s)")
+    if report.pixel_size_um:
+        parts.append(f"{report.pixel_size_um[1]:.4g} µm/px")
+    parts.append(
+        f"{report.chunks} chunk(s) of {report.chunk} px, {report.workers} in flight, batch "
+        f"{report.batch_size or 'n/a'} on {report.device}, {report.seconds:.1f} s"
+    )
+    if report.resumed:
+        parts.append(f"resumed: {report.chunks_computed} of {report.chunks} chunks computed")
+    return ", ".join(parts)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from tiling.blend import Accumulator, Contribution, blend
+from tiling.masking import CoarseMask, MaskCrop
 from tiling.normalize import Normalization
 from tiling.plan import ChunkPlan, Span
 from tiling.readers.base import RasterReader
@@ -42,13 +43,15 @@ class TileJob:
 
 @dataclass(frozen=True)
 class TileStats:
-    """Tiles a chunk ran through the model, and tiles it skipped (no valid pixels)."""
+    """Tiles a chunk ran through the model, tiles it skipped (too few valid pixels), and chunks not read at
+    all (no valid pixel under their window)."""
 
     run: int = 0
     skipped: int = 0
+    unread: int = 0
 
     def __add__(self, other: TileStats) -> TileStats:
-        return TileStats(self.run + other.run, self.skipped + other.skipped)
+        return TileStats(self.run + other.run, self.skipped + other.skipped, self.unread + other.unread)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ class ChunkTask:
     #: Other chunks this chunk's tiles reach into, with their spans.
     spills_to: dict[ChunkIndex, tuple[Span, Span]]
     raster_shape: tuple[int, int]
+    #: The valid-area mask under ``extent`` (None: the input's own validity only).
+    area: MaskCrop | None = None
     #: The chunk itself is already written (a resumed run): run only the tiles that reach into ``spills_to``.
     spill_only: bool = False
 
@@ -122,11 +127,21 @@ def _reaches(y: int, x: int, tile: int, spans: list[tuple[Span, Span]]) -> bool:
 def infer_chunk(reader: RasterReader, job: TileJob, task: ChunkTask, _after: object = None) -> ChunkResult:
     """Read a chunk's window, run the tiles it owns, and split the weighted sums by destination chunk.
 
+    ``task.area`` is the valid-area mask under the window (None: the input's own validity only). A window with
+    no pixel in the mask is not read. Tiles with fewer than ``job.min_valid_fraction`` of their pixels valid
+    (and inside the mask) are not run; pixels outside the mask come out NaN. The mask does not change what the
+    model sees: only the input's own invalid pixels (nodata) are zeroed in the tiles that run.
     ``_after`` is the (ignored) result of the task this one is throttled behind (see ``build_graph``).
     """
     tile = job.tile
     origins = [(y, x) for y in task.origins[0] for x in task.origins[1]]
     rows, cols = task.extent
+    own_rows, own_cols = task.own
+    area = task.area
+    if area is not None and not area.any():
+        stats = TileStats(0, len(origins), 1)
+        unread = None if task.spill_only else np.zeros((own_rows.size, own_cols.size), bool)
+        return ChunkResult(None, unread, Spill(dict.fromkeys(task.spills_to), stats))
     if task.spill_only:
         origins = [(y, x) for y, x in origins if _reaches(y, x, tile, list(task.spills_to.values()))]
         if not origins:
@@ -137,10 +152,11 @@ def infer_chunk(reader: RasterReader, job: TileJob, task: ChunkTask, _after: obj
     data, valid = reader.read(Span(rows.start, min(rows.stop, height)), Span(cols.start, min(cols.stop, width)))
     image = _pad_to(data, rows.size, cols.size, 0)
     valid = _pad_to(valid, rows.size, cols.size, False)
+    selected = valid if area is None else valid & area.expand(rows, cols)
     del data
 
     local = [(y - rows.start, x - cols.start) for y, x in origins]
-    runnable = [o for o in local if tile_is_valid(valid, o[0], o[1], tile, job.min_valid_fraction)]
+    runnable = [o for o in local if tile_is_valid(selected, o[0], o[1], tile, job.min_valid_fraction)]
     accumulator = Accumulator(rows, cols, job.classes, _weight(job.blend, tile, job.sigma))
     if runnable:
         runner = get_runner(job.model)
@@ -153,8 +169,7 @@ def infer_chunk(reader: RasterReader, job: TileJob, task: ChunkTask, _after: obj
     stats = TileStats(len(runnable), len(local) - len(runnable))
     if task.spill_only:
         return ChunkResult(None, None, Spill(spill, stats))
-    own_rows, own_cols = task.own
-    own_valid = valid[: own_rows.size, : own_cols.size].copy()
+    own_valid = selected[: own_rows.size, : own_cols.size].copy()
     return ChunkResult(accumulator.contribution(*task.own, copy=False), own_valid, Spill(spill, stats))
 
 
@@ -208,9 +223,11 @@ def build_graph(
     outputs: Any | None = None,
     lookahead: int | None = 3,
     done: frozenset[ChunkIndex] = frozenset(),
+    mask: CoarseMask | None = None,
 ) -> dict[Any, Any]:
     """The tasks of a run: (keys.probs, 0, i, j) holds chunk (i, j)'s blended probabilities; with ``outputs``
     also a write task per chunk and ``keys.done``, which sums the tile statistics once everything is written.
+    With a valid-area ``mask``, each chunk task carries the crop of the mask under its window.
 
     Chunk tasks are throttled: the task of the k-th chunk (row-major) waits until chunk k - ``lookahead`` is
     finished (written, or blended without outputs). Without this a scheduler may run the chunks in any order
@@ -236,13 +253,15 @@ def build_graph(
     def chunk_task(i: int, j: int, spill_only: bool) -> ChunkTask:
         targets = [(di, dj) for di in plan.rows.destinations(i) for dj in plan.cols.destinations(j)]
         targets = [t for t in targets if t != (i, j) and (not spill_only or t not in done)]
+        extent = (plan.rows.extent(i), plan.cols.extent(j))
         return ChunkTask(
             index=(i, j),
             own=spans(i, j),
-            extent=(plan.rows.extent(i), plan.cols.extent(j)),
+            extent=extent,
             origins=(plan.rows.owned(i), plan.cols.owned(j)),
             spills_to={t: spans(*t) for t in targets},
             raster_shape=shape,
+            area=None if mask is None else mask.crop(*extent),
             spill_only=spill_only,
         )
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from tiling.errors import OptionError
+from tiling.masking import TISSUE_CHANNELS
 from tiling.windows import BLEND_KINDS
 from tiling.writers.encode import OUTPUT_KINDS, PROBS_DTYPES
 from tiling.writers.formats import FORMATS
@@ -42,6 +44,22 @@ class PredictOptions:
     cluster: str | None = None
     report: str | None = None
     progress: bool = False
+    # Slides: which resolution is read (a pyramid level, or µm per pixel resampled from the closest finer level).
+    level: int | None = None
+    mpp: float | None = None
+    mpp_tolerance: float = 0.05
+    # Valid-area mask: "tissue", "nodata", a mask raster's path, or None/"none"; tiles below min_valid are skipped.
+    mask: str | None = None
+    mask_scale: int | None = None
+    tissue_channel: str = "saturation"
+    tissue_threshold: float | None = None
+    min_valid: float = 0.0
+    # Products made from the written labels: a PNG preview and polygons (GeoPackage or GeoJSON).
+    preview: str | None = None
+    preview_size: int = 1024
+    vector: str | None = None
+    min_area: float = 0.0
+    vector_classes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         _positive_int(self.tile, "tile")
@@ -65,6 +83,39 @@ class PredictOptions:
             object.__setattr__(self, "bands", tuple(self.bands))
         if self.normalization is not None and not isinstance(self.normalization, dict):
             raise OptionError(f"normalization must be a mapping (mean/std or scale), got {self.normalization!r}")
+        self._check_slide_options()
+
+    def _check_slide_options(self) -> None:
+        if self.level is not None and (
+            isinstance(self.level, bool) or not isinstance(self.level, int) or self.level < 0
+        ):
+            raise OptionError(f"level must be a pyramid level number (0 = full resolution), got {self.level!r}")
+        _positive_number(self.mpp, "mpp", "µm per pixel")
+        if self.level is not None and self.mpp is not None:
+            raise OptionError("give either level or mpp, not both")
+        _fraction(self.mpp_tolerance, "mpp_tolerance", upper_open=True)
+        for name in ("mask", "preview", "vector"):
+            if isinstance(getattr(self, name), os.PathLike):
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
+        if self.mask is not None and not isinstance(self.mask, str):
+            raise OptionError(f"mask must be tissue, nodata, none or a raster's path, got {self.mask!r}")
+        _positive_int(self.mask_scale, "mask_scale")
+        _choice(self.tissue_channel, TISSUE_CHANNELS, "tissue_channel")
+        if self.tissue_threshold is not None:
+            _fraction(self.tissue_threshold, "tissue_threshold")
+        _fraction(self.min_valid, "min_valid")
+        _suffix(self.preview, "preview", (".png",))
+        _positive_int(self.preview_size, "preview_size")
+        _suffix(self.vector, "vector", (".gpkg", ".geojson", ".json"))
+        if isinstance(self.min_area, bool) or not isinstance(self.min_area, (int, float)) or self.min_area < 0:
+            raise OptionError(f"min_area must be a non-negative area (in the output's units²), got {self.min_area!r}")
+        if self.vector_classes is not None:
+            classes = self.vector_classes
+            if isinstance(classes, (str, int)) or not all(isinstance(c, int) and 0 <= c < 255 for c in classes):
+                raise OptionError(f"vector_classes must be a list of class numbers, got {classes!r}")
+            object.__setattr__(self, "vector_classes", tuple(classes))
+        if self.vector and self.output_kind == "probs":
+            raise OptionError("vector polygons are made from the label map: use output_kind labels or both")
 
     @classmethod
     def names(cls) -> list[str]:
@@ -83,6 +134,26 @@ def _positive_int(value: Any, name: str) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise OptionError(f"{name} must be a positive whole number, got {value!r}")
+
+
+def _positive_number(value: Any, name: str, unit: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise OptionError(f"{name} must be a positive number of {unit}, got {value!r}")
+
+
+def _fraction(value: Any, name: str, upper_open: bool = False) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value <= 1
+    if not ok or (upper_open and value == 1):
+        raise OptionError(f"{name} must be a fraction between 0 and 1, got {value!r}")
+
+
+def _suffix(value: Any, name: str, suffixes: tuple[str, ...]) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.lower().endswith(suffixes):
+        raise OptionError(f"{name} must be a file name ending in {' or '.join(suffixes)}, got {value!r}")
 
 
 def _choice(value: Any, allowed: tuple[str, ...], name: str) -> None:

@@ -32,6 +32,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from tiling.errors import InputError, OptionError
 from tiling.grid import TileGrid, resolve_overlap
+from tiling.masking import CoarseMask, make_mask, mask_scale
 from tiling.normalize import Normalization
 from tiling.plan import ChunkPlan
 from tiling.readers import RasterReader, open_raster
@@ -46,6 +47,7 @@ from .devices import check_precision, resolve_device
 from .graph import GraphKeys, RunStats, TileJob, build_graph
 from .model import UNetConfig, activation_bytes_per_tile, parameter_bytes
 from .options import PredictOptions
+from .products import check_products, write_products
 from .runner import ModelSpec, cpu_threads, get_runner
 
 #: Largest batch tried on a CPU (batch 1 is usually fastest per tile there; more only costs memory).
@@ -63,6 +65,7 @@ class RunSetup:
     plan: ChunkPlan
     resources: ResourcePlan
     job: TileJob
+    mask: CoarseMask | None = None
 
 
 @dataclass
@@ -83,6 +86,16 @@ class PredictReport:
     seconds: float
     resumed: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    chunks_unread: int = 0
+    valid_fraction: float | None = None
+    mask: str | None = None
+    pixel_size_um: tuple[float, float] | None = None
+    polygons: int | None = None
+
+    @property
+    def skipped_fraction(self) -> float:
+        """Share of the grid's tiles that were not run through the model (outside the mask or nodata)."""
+        return self.tiles_skipped / self.tiles_total if self.tiles_total else 0.0
 
 
 def _options(options: PredictOptions | None, overrides: dict[str, Any]) -> PredictOptions:
@@ -125,7 +138,7 @@ def prepare(input: str | os.PathLike[str], model: ModelSource, opts: PredictOpti
     card.model.check_tile(tile)
     overlap = resolve_overlap(opts.overlap, tile)
 
-    reader = open_raster(input, bands=opts.bands or card.bands)
+    reader = open_raster(input, opts.bands or card.bands, opts.level, opts.mpp, opts.mpp_tolerance)
     try:
         bands = len(reader.bands)
         if bands != card.model.in_channels:
@@ -151,12 +164,14 @@ def prepare(input: str | os.PathLike[str], model: ModelSource, opts: PredictOpti
             spec = ModelSpec.for_model(model, **settings)
         else:
             spec = ModelSpec.for_checkpoint(model, **settings)
-        job = TileJob(tile, opts.blend, float(opts.sigma), normalization, card.model.classes, spec)
+        job = TileJob(tile, opts.blend, float(opts.sigma), normalization, card.model.classes, spec, opts.min_valid)
         plan = ChunkPlan(grid, (resources.chunk, resources.chunk))
+        scale = opts.mask_scale or mask_scale(grid.height, grid.width, tile)
+        mask = make_mask(reader, opts.mask, scale, opts.tissue_channel, opts.tissue_threshold)
     except BaseException:
         reader.close()
         raise
-    return RunSetup(reader, card, grid, plan, resources, job)
+    return RunSetup(reader, card, grid, plan, resources, job, mask)
 
 
 def _recorded_chunk(output: Path) -> int | None:
@@ -216,7 +231,9 @@ def predict(
     choice = SchedulerChoice.parse(opts.scheduler, opts.cluster)
     if choice.distributed and isinstance(model, Checkpoint):
         raise OptionError("a model held in memory runs on local threads only; give a checkpoint path for a cluster")
+    # Fail before any work on an unusable destination.
     check_outputs(output, fmt, OutputSpec(opts.output_kind, opts.probs_dtype, opts.threshold), opts.overwrite)
+    check_products(opts, output)
     if opts.resume and opts.chunk is None:
         opts = opts.updated(chunk=_recorded_chunk(output))
     began = time.perf_counter()
@@ -237,18 +254,19 @@ def predict(
                     if opts.progress:
                         print(f"tilewise: Dask dashboard at {client.dashboard_link}", file=sys.stderr)
                     # No throttle here: the distributed scheduler queues root tasks by itself.
-                    dsk = build_graph(reader, plan, job, keys, out, lookahead=None, done=frozenset(done))
+                    dsk = build_graph(reader, plan, job, keys, out, None, frozenset(done), setup.mask)
                     model_keys = {k for k in dsk if isinstance(k, tuple) and k[0] == keys.infer}
                     gpu = job.model.device.startswith("cuda")
                     report = Path(opts.report) if opts.report else None
                     stats = run_graph(client, dsk, model_keys, keys.done, gpu, opts.progress, report)
             else:
-                dsk = build_graph(reader, plan, job, keys, out, lookahead=workers, done=frozenset(done))
+                dsk = build_graph(reader, plan, job, keys, out, workers, frozenset(done), setup.mask)
                 threads = cpu_threads(workers) if job.model.device == "cpu" else contextlib.nullcontext()
                 with threads, rasterio.Env(GDAL_CACHEMAX=setup.resources.gdal_cache_mb):
                     stats = _run(dsk, keys.done, workers, opts.progress)
             if stats.tiles.run == 0 and not done:
-                raise InputError(f"{reader.info.path} has no valid pixels (all nodata, masked or NaN)")
+                where = f"inside the {setup.mask.source} mask" if setup.mask else "(all nodata, masked or NaN)"
+                raise InputError(f"{reader.info.path} has no valid pixels {where}")
             out.finalize()
             finished = True
         except KeyboardInterrupt:
@@ -257,10 +275,11 @@ def predict(
         finally:
             if not finished:
                 out.abort(keep_work=keep_work)
+        products = write_products(opts, reader, setup.mask, output, fmt, spec)
     finally:
         reader.close()
     return PredictReport(
-        outputs=out.paths,
+        outputs=[*out.paths, *products.paths],
         format=fmt,
         tiles_total=setup.grid.n_tiles,
         tiles_run=stats.tiles.run,
@@ -273,6 +292,11 @@ def predict(
         device=job.model.device,
         seconds=time.perf_counter() - began,
         resumed=bool(done),
+        chunks_unread=stats.tiles.unread,
+        valid_fraction=setup.mask.valid_fraction if setup.mask else None,
+        mask=setup.mask.source if setup.mask else None,
+        pixel_size_um=reader.info.pixel_size_um,
+        polygons=products.polygons,
         extra=extra,
     )
 
@@ -301,7 +325,7 @@ def predict_array(
     """
     setup = prepare(input, model, _options(options, overrides))
     keys = GraphKeys(uuid.uuid4().hex[:12])
-    dsk = build_graph(setup.reader, setup.plan, setup.job, keys, lookahead=setup.resources.workers)
+    dsk = build_graph(setup.reader, setup.plan, setup.job, keys, lookahead=setup.resources.workers, mask=setup.mask)
     graph = HighLevelGraph.from_collections(keys.probs, dsk, dependencies=[])
     chunks = ((setup.job.classes,), *setup.plan.chunks)
     return da.Array(graph, keys.probs, chunks=chunks, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))

@@ -47,6 +47,13 @@ class RasterReader(Protocol):
         that is True where the pixel is valid (not nodata, not masked, not NaN)."""
         ...
 
+    def read_reduced(self, shape: tuple[int, int], resampling: str) -> tuple[np.ndarray, np.ndarray]:
+        """The whole raster reduced to ``shape`` (rows, cols) over the same extent, by ``resampling``
+        ("average" or "nearest"), from overviews or pyramid levels where the format has them and otherwise
+        streamed in strips: never the whole raster in memory. Returns pixels and validity like ``read``; a
+        reduced pixel is valid when any pixel it averages is (or, for "nearest", its centre pixel)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.enums import MaskFlags
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
@@ -65,6 +65,22 @@ class GdalReader:
                     valid = np.ones(data.shape[1:], dtype=bool)
         except RasterioError as exc:
             raise read_error(self.path, rows, cols, exc) from None
+        return data, nan_free(data, valid)
+
+    def read_reduced(self, shape: tuple[int, int], resampling: str) -> tuple[np.ndarray, np.ndarray]:
+        """Decimated read by GDAL, which takes the overviews when the file has them. A reduced pixel is valid
+        when any pixel it averages is ("average"), or when its centre pixel is ("nearest")."""
+        method = {"average": Resampling.average, "nearest": Resampling.nearest}[resampling]
+        out = (len(self.bands), *shape)
+        try:
+            with self._pool.handle() as ds:
+                data = ds.read(self.bands, out_shape=out, resampling=method)
+                if self._mask_mode == "all":
+                    valid = np.ones(shape, dtype=bool)
+                else:
+                    valid = (ds.read_masks(self.bands, out_shape=out, resampling=method) > 0).any(axis=0)
+        except RasterioError as exc:
+            raise read_error(self.path, Span(0, self.info.height), Span(0, self.info.width), exc) from None
         return data, nan_free(data, valid)
 
     def close(self) -> None:

@@ -1,4 +1,9 @@
-"""Plain (non-georeferenced) TIFF through tifffile, read lazily from the zarr view of its tiles or strips."""
+"""TIFF without georeferencing — flat images and whole-slide pyramids (Aperio SVS, NDPI, OME-TIFF, generic
+pyramidal TIFF) — through tifffile, read lazily from the zarr view of one level's tiles or strips.
+
+The zarr store does not pickle, so each reader holds only the path and level and opens the file where it lands
+(a pool of handles, one per concurrent thread).
+"""
 
 from __future__ import annotations
 
@@ -11,36 +16,41 @@ import zarr
 from ..errors import InputError
 from ..plan import Span
 from .base import HandlePool, RasterInfo, check_dtype, check_shape, nan_free, read_error, select_bands
+from .resample import reduce_by_strips
+from .slide import Level, check_decodable, slide_format, slide_levels
 
 GDAL_NODATA_TAG = 42113
 
 
 class _OpenTiff:
-    """A TIFF file and the zarr array over its first series' full-resolution level."""
+    """A TIFF file and the zarr array over one level of its first series."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, level: int) -> None:
         self.tif = tifffile.TiffFile(path)
         self.series = self.tif.series[0]
-        self.array = zarr.open_array(self.series.aszarr(level=0), mode="r")
+        self.array = zarr.open_array(self.series.aszarr(level=level), mode="r")
 
     def close(self) -> None:
         self.tif.close()
 
 
 class TiffReader:
-    """Windowed reads of a TIFF's first image series (axes YX, YXS, SYX or CYX)."""
+    """Windowed reads of one level of a TIFF's first image series (axes YX, YXS, SYX or CYX)."""
 
-    def __init__(self, path: str, bands: tuple[int, ...] | list[int] | None = None) -> None:
-        self.path = path
+    def __init__(self, path: str, bands: tuple[int, ...] | list[int] | None = None, level: int = 0) -> None:
+        self.path, self.level = path, level
         try:
-            opened = _OpenTiff(path)
+            tif = tifffile.TiffFile(path)
         except Exception as exc:  # tifffile raises many types for damaged files
             raise InputError(f"{path} is not a readable TIFF: {exc}") from None
         try:
-            series, page = opened.series, opened.tif.pages.first
+            fmt = slide_format(tif)
+            self.levels: tuple[Level, ...] = slide_levels(tif)
+            series = tif.series[0].levels[level]
             axes = series.axes
             if axes not in ("YX", "YXS", "SYX", "CYX"):
                 raise InputError(f"{path}: unsupported TIFF layout (axes {axes}); expected a 2-D image")
+            check_decodable(path, fmt, series.keyframe)
             self._band_axis = {"YX": None, "YXS": 2, "SYX": 0, "CYX": 0}[axes]
             shape = series.shape
             height, width = (shape[0], shape[1]) if axes[0] == "Y" else (shape[1], shape[2])
@@ -49,21 +59,36 @@ class TiffReader:
             dtype = str(series.dtype)
             check_dtype(dtype, path)
             self.bands = select_bands(bands, count, path)
-            nodata_tag = page.tags.get(GDAL_NODATA_TAG)
+            nodata_tag = tif.pages.first.tags.get(GDAL_NODATA_TAG)
             self.info = RasterInfo(
                 path=path,
-                format="TIFF",
+                format=fmt,
                 height=height,
                 width=width,
                 count=count,
                 dtype=dtype,
                 band_names=(None,) * count,
                 nodata=float(nodata_tag.value.strip("\x00")) if nodata_tag else None,
-                pixel_size_um=_pixel_size_um(page),
+                pixel_size_um=self.levels[level].pixel_size_um,
             )
         finally:
-            opened.close()
-        self._pool = HandlePool(lambda: _OpenTiff(path))
+            tif.close()
+        self._pool = HandlePool(lambda: _OpenTiff(path, level))
+        self._check_first_tile(fmt)
+
+    def _check_first_tile(self, fmt: str) -> None:
+        """Decode one pixel now, so that a file whose tiles cannot be decoded fails before any work."""
+        try:
+            with self._pool.handle() as opened:
+                opened.array[(slice(0, 1),) * opened.array.ndim]
+        except Exception as exc:
+            self.close()
+            cause = " ".join(str(exc).split()) or type(exc).__name__
+            raise InputError(f"{self.path}: cannot decode the first tile of this {fmt}: {cause}") from None
+
+    def at_level(self, level: int) -> TiffReader:
+        """The same file and bands at another pyramid level."""
+        return TiffReader(self.path, self.bands, level)
 
     def read(self, rows: Span, cols: Span) -> tuple[np.ndarray, np.ndarray]:
         ys, xs = slice(rows.start, rows.stop), slice(cols.start, cols.stop)
@@ -87,6 +112,19 @@ class TiffReader:
             valid = (data != nodata).any(axis=0)
         return data, nan_free(data, valid)
 
+    def read_reduced(self, shape: tuple[int, int], resampling: str) -> tuple[np.ndarray, np.ndarray]:
+        """The whole level reduced to ``shape``, computed from the coarsest pyramid level that is still at
+        least as fine as ``shape`` (so a thumbnail of a slide never decodes its full resolution)."""
+        height, width = shape
+        finest_enough = [lv for lv in self.levels[self.level :] if lv.height >= height and lv.width >= width]
+        source = max(finest_enough, key=lambda lv: lv.downsample[0] * lv.downsample[1])
+        reader = self if source.index == self.level else self.at_level(source.index)
+        try:
+            return reduce_by_strips(reader, shape, resampling)
+        finally:
+            if reader is not self:
+                reader.close()
+
     def close(self) -> None:
         self._pool.close()
 
@@ -97,22 +135,4 @@ class TiffReader:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._pool = HandlePool(lambda: _OpenTiff(self.path))
-
-
-def _pixel_size_um(page: tifffile.TiffPage) -> tuple[float, float] | None:
-    """µm per pixel (y, x) from the TIFF resolution tags, when they state a physical unit."""
-    unit = page.tags.get("ResolutionUnit")
-    xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
-    if unit is None or xres is None or yres is None:
-        return None
-    per_unit_um = {2: 25400.0, 3: 10000.0}.get(int(unit.value))
-    if per_unit_um is None:
-        return None
-
-    def size(tag: tifffile.TiffTag) -> float | None:
-        num, den = tag.value
-        return per_unit_um * den / num if num else None
-
-    y, x = size(yres), size(xres)
-    return (y, x) if y and x else None
+        self._pool = HandlePool(lambda: _OpenTiff(self.path, self.level))

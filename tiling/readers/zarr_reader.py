@@ -10,6 +10,7 @@ import zarr
 from ..errors import InputError
 from ..plan import Span
 from .base import RasterInfo, check_dtype, check_shape, nan_free, read_error, select_bands
+from .resample import reduce_by_strips
 
 
 def _open_array(path: str) -> tuple[zarr.Array, dict[str, Any]]:
@@ -85,6 +86,9 @@ class ZarrReader:
         else:
             valid = (data != nodata).any(axis=0)
         return data, nan_free(data, valid)
+
+    def read_reduced(self, shape: tuple[int, int], resampling: str) -> tuple[np.ndarray, np.ndarray]:
+        return reduce_by_strips(self, shape, resampling)
 
     def close(self) -> None:
         self._array = None

@@ -82,6 +82,9 @@ class WorkStore:
                     attributes={
                         "nodata": None if np.isnan(layer.nodata) else layer.nodata,
                         "band_names": list(layer.band_names),
+                        # Each array carries its georeferencing, so it can be read on its own.
+                        "crs": info.crs,
+                        "transform": list(info.transform) if info.transform else None,
                     },
                 )
             group.create_array(DONE, shape=chunk_grid, chunks=(1, 1), dtype="uint8", fill_value=0)
