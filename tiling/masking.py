@@ -114,6 +114,10 @@ def _grid(reader: RasterReader, scale: int) -> tuple[int, int]:
     return math.ceil(reader.info.height / scale), math.ceil(reader.info.width / scale)
 
 
+#: Glass scores below this on both channels (saturation, and darkness 1 − grey/white); stained tissue above.
+GLASS_CEILING = 0.15
+
+
 def tissue_score(rgb: np.ndarray, channel: str) -> np.ndarray:
     """Per-pixel "tissue-ness" in [0, 1]: HSV saturation, or for "grey" the darkness 1 − grey / white."""
     values = rgb.astype(np.float32)
@@ -148,7 +152,9 @@ def tissue_mask(
                 f"cannot separate tissue from background in {reader.info.path}: its {channel} is uniform; "
                 "give tissue_threshold or run without a mask"
             )
-        threshold = float(threshold_otsu(values))
+        # Otsu splits whatever is there in two; on a slide with no glass that would cut the tissue in half, so
+        # the threshold never exceeds a score that glass does not reach.
+        threshold = min(float(threshold_otsu(values)), GLASS_CEILING)
     tissue = clean_up((score > threshold) & valid)
     source = f"tissue ({channel} > {threshold:.3g})"
     return CoarseMask(tissue, scale, reader.info.height, reader.info.width, source)
