@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=float, help="drop polygons smaller than this (map units², default 0)")
     p.add_argument("--vector-classes", type=_bands, help="classes to polygonise, e.g. 1,2 (default: all but 0)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output")
+    p.add_argument("--work-dir", help="folder or fsspec URL for the work store (default: next to the output)")
     p.add_argument("--scheduler", help="threads (default) or tcp://HOST:PORT of a running Dask scheduler")
     p.add_argument("--cluster", help="local:N: a local Dask cluster of N worker processes")
     p.add_argument("--report", help="write Dask's performance report (HTML) here (cluster runs)")

@@ -40,6 +40,7 @@ class PredictOptions:
     format: str | None = None
     overwrite: bool = False
     resume: bool = False
+    work_dir: str | None = None
     scheduler: str | None = None
     cluster: str | None = None
     report: str | None = None

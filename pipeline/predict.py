@@ -36,8 +36,7 @@ from tiling.masking import CoarseMask, make_mask, mask_scale
 from tiling.normalize import Normalization
 from tiling.plan import ChunkPlan
 from tiling.readers import RasterReader, open_raster
-from tiling.writers import OutputSpec, RunOutput, check_outputs, output_format
-from tiling.writers.atomic import partial_path
+from tiling.writers import OutputSpec, RunOutput, StoreLocation, check_outputs, output_format
 from tiling.writers.workstore import RUN_KEY
 
 from .budget import ChunkCost, ResourcePlan, parse_size, plan_resources
@@ -174,13 +173,11 @@ def prepare(input: str | os.PathLike[str], model: ModelSource, opts: PredictOpti
     return RunSetup(reader, card, grid, plan, resources, job, mask)
 
 
-def _recorded_chunk(output: Path) -> int | None:
-    """The chunk size of an interrupted run at ``output`` (a resumed run must keep it)."""
-    import zarr
-
+def _recorded_chunk(work: StoreLocation) -> int | None:
+    """The chunk size of the interrupted run whose work store is ``work`` (a resumed run must keep it)."""
     try:
-        return int(zarr.open_group(str(partial_path(output)), mode="r").attrs[RUN_KEY]["chunk"])
-    except Exception:
+        return int(work.open_group(mode="r").attrs[RUN_KEY]["chunk"])
+    except Exception:  # no readable store: nothing to keep (reopening it later names the problem)
         return None
 
 
@@ -234,15 +231,16 @@ def predict(
     # Fail before any work on an unusable destination.
     check_outputs(output, fmt, OutputSpec(opts.output_kind, opts.probs_dtype, opts.threshold), opts.overwrite)
     check_products(opts, output)
+    work = StoreLocation.for_output(output, opts.work_dir)
     if opts.resume and opts.chunk is None:
-        opts = opts.updated(chunk=_recorded_chunk(output))
+        opts = opts.updated(chunk=_recorded_chunk(work))
     began = time.perf_counter()
     setup = prepare(input, model, opts, here=not choice.distributed)
     reader, plan, job = setup.reader, setup.plan, setup.job
     workers, extra = setup.resources.workers, {}
     try:
         spec = OutputSpec(opts.output_kind, opts.probs_dtype, opts.threshold, setup.card.class_names)
-        out = RunOutput(output, fmt, spec, reader.info, job.classes)
+        out = RunOutput(output, fmt, spec, reader.info, job.classes, work)
         done = out.start(plan.chunk, plan.shape, run_record(input, model, setup, opts, fmt), opts.resume)
         keep_work, finished = False, False
         try:

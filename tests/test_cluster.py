@@ -127,3 +127,24 @@ def test_a_worker_killed_mid_run_costs_time_not_data(files) -> None:
     assert killed, "no worker was killed"
     assert report.chunks_computed == report.chunks
     np.testing.assert_allclose(_probs(out), _probs(files["reference"]), atol=1e-5, rtol=0)
+
+
+def test_work_store_at_an_fsspec_url_shared_by_the_workers(files, cluster) -> None:
+    work = files["folder"] / "scratch"
+    work.mkdir()
+    out = files["folder"] / "via_url.zarr"
+    predict(
+        files["scene"], out, files["model"], scheduler=cluster.scheduler_address, work_dir=f"file://{work}", **OPTIONS
+    )
+    np.testing.assert_allclose(_probs(out), _probs(files["reference"]), atol=1e-5, rtol=0)
+    assert list(work.iterdir()) == []  # the store was copied to the output and removed
+    cog = files["folder"] / "via_url.tif"
+    predict(
+        files["scene"],
+        cog,
+        files["model"],
+        scheduler=cluster.scheduler_address,
+        work_dir=f"file://{work}",
+        **{**OPTIONS, "output_kind": "labels"},
+    )
+    assert cog.exists() and list(work.iterdir()) == []

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import zarr
 
 from pipeline import load_checkpoint, predict
 from tiling import OptionError, Span, open_raster
@@ -189,3 +190,22 @@ def test_flat_rgb_tiff_slide(tmp_path: Path) -> None:
     labels = tifffile.imread(tmp_path / "k.tif")
     assert labels.shape == (901, 1493)
     assert (labels != 255).mean() == pytest.approx(report.valid_fraction, abs=1e-6)
+
+
+@pytest.mark.parametrize(("mpp", "size"), [(None, 0.499), (1.0, 1.0)])
+def test_svs_pixel_size_reaches_ome_tiff_and_ome_zarr(tmp_path: Path, mpp: float | None, size: float) -> None:
+    from ome_types import from_tiff
+
+    svs = shared_file("wsi/CMU-1-Small-Region.svs")
+    model = make_checkpoint(tmp_path / "m.safetensors", tile=128, depth=2)
+    options = {"mpp": mpp, "mask": "tissue", "overlap": 0, "chunk": 512, "output_kind": "both"}
+    predict(svs, tmp_path / "out.ome.tif", model, **options)
+    for name in ("out.ome.tif", "out_probs.ome.tif"):
+        pixels = from_tiff(tmp_path / name).images[0].pixels
+        assert (pixels.physical_size_x, pixels.physical_size_y) == (pytest.approx(size), pytest.approx(size))
+    predict(svs, tmp_path / "out.ome.zarr", model, **options)
+    group = zarr.open_group(str(tmp_path / "out.ome.zarr"), mode="r")
+    for attrs in (group.attrs["ome"], group["labels/classes"].attrs["ome"]):
+        datasets = attrs["multiscales"][0]["datasets"]
+        assert datasets[0]["coordinateTransformations"][0]["scale"][-2:] == [pytest.approx(size)] * 2
+        assert datasets[1]["coordinateTransformations"][0]["scale"][-2:] == [pytest.approx(2 * size)] * 2

@@ -17,17 +17,18 @@ import numpy as np
 
 from ..plan import Span
 from ..readers.base import RasterInfo
-from .atomic import check_destination, commit, partial_path, remove_path
+from .atomic import check_destination, commit, remove_path
 from .encode import OutputSpec
 from .formats import FORMATS, output_format, output_paths
 from .geotiff import write_geotiff
 from .layers import Layer, output_layers
+from .location import StoreLocation
 from .ome_tiff import write_ome_tiff
 from .ome_zarr import array_paths, image_metadata, label_metadata
 from .pyramid import build_level, level_shapes
 from .workstore import COMPRESSORS, WorkStore
 
-__all__ = ["FORMATS", "OutputSpec", "RunOutput", "check_outputs", "output_format", "output_paths"]
+__all__ = ["FORMATS", "OutputSpec", "RunOutput", "StoreLocation", "check_outputs", "output_format", "output_paths"]
 
 
 def check_outputs(path: Path, fmt: str, spec: OutputSpec, overwrite: bool) -> list[Path]:
@@ -51,11 +52,22 @@ def _descriptive_attributes(info: RasterInfo, class_names: tuple[str, ...]) -> d
 class RunOutput:
     """Where one run's chunks go, and how they become the requested files."""
 
-    def __init__(self, path: Path, fmt: str, spec: OutputSpec, info: RasterInfo, classes: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        fmt: str,
+        spec: OutputSpec,
+        info: RasterInfo,
+        classes: int,
+        work: StoreLocation | None = None,
+    ) -> None:
         self.final, self.fmt, self.spec, self.info = path, fmt, spec, info
         self.layers: list[Layer] = output_layers(spec, classes)
         self.paths = output_paths(path, fmt, spec)
-        self.work = partial_path(path)
+        self.work = work or StoreLocation.for_output(path, None)
+        #: Files assembled from the store wait here, next to their final names, until all are done.
+        self.assembling = [p.with_name(p.name + ".assembling") for p in self.paths]
+        self._download = path.with_name(path.name + ".download")
         if fmt == "ome-zarr":
             self._array_paths = array_paths(self.layers)
         else:
@@ -73,7 +85,7 @@ class RunOutput:
         if resume and self.work.exists():
             self.store = WorkStore.reopen(self.work, self.layers, run, self._array_paths)
             return self.store.done_chunks()
-        remove_path(self.work)
+        self.work.remove()
         attributes = _descriptive_attributes(self.info, self.class_names)
         self.store = WorkStore.create(
             self.work, self.info, self.layers, chunk, chunk_grid, run, attributes, self._array_paths
@@ -91,26 +103,32 @@ class RunOutput:
             if self.fmt == "ome-zarr":
                 self._build_ome_zarr()
             self.store.seal(_descriptive_attributes(self.info, self.class_names))
-            commit(self.work, self.final)
+            if self.work.is_local:
+                commit(self.work.path, self.final)
+            else:  # a remote store: copy it down next to the output, then move it into place
+                local = self._download
+                remove_path(local)
+                self.work.download(local)
+                commit(local, self.final)
+                self.work.remove()
             return
-        assembled = []
-        for i, (path, layer) in enumerate(zip(self.paths, self.layers, strict=True)):
-            dest = self.work / f"assembled-{i}{''.join(path.suffixes[-2:])}"
+        for dest, layer in zip(self.assembling, self.layers, strict=True):
             if self.fmt == "ome-tiff":
                 write_ome_tiff(self._pyramid(layer), layer, self.info, self.class_names, dest)
             else:
                 write_geotiff(self.store, layer, self.info, self.class_names, dest, cog=self.fmt == "cog")
-            assembled.append((dest, path))
-        for dest, path in assembled:
+        for path, dest in zip(self.paths, self.assembling, strict=True):
             if path.is_dir():
                 shutil.rmtree(path)
             os.replace(dest, path)
-        remove_path(self.work)
+        self.work.remove()
 
     def abort(self, keep_work: bool = False) -> None:
         """Remove what the run wrote; with ``keep_work`` the work store stays for ``--resume``."""
+        for dest in [*self.assembling, self._download]:
+            remove_path(dest)
         if not keep_work:
-            remove_path(self.work)
+            self.work.remove()
 
     def _pyramid(self, layer: Layer) -> list[Any]:
         """Level 0 of ``layer`` and its reduced levels (built in the store next to it)."""

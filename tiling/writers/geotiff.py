@@ -66,7 +66,7 @@ def write_geotiff(
     store: WorkStore, layer: Layer, info: RasterInfo, class_names: tuple[str, ...], dest: Path, cog: bool
 ) -> None:
     """Write ``layer`` of the store to ``dest`` as a tiled GeoTIFF, or a COG when ``cog``."""
-    level0 = dest.with_name(dest.name + ".level0.tif") if cog else dest
+    level0 = dest.with_name(dest.name + ".level0") if cog else dest
     array = store.array(layer.name)
     chunk_h, chunk_w = array.chunks[-2:]
     try:

@@ -11,7 +11,6 @@ store by a single writer once every chunk is done.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ from ..errors import OptionError, OutputError
 from ..plan import Span
 from ..readers.base import RasterInfo
 from .layers import Layer
+from .location import StoreLocation
 
 RUN_KEY = "tilewise_run"
 DONE = "done"
@@ -36,8 +36,8 @@ def _layer_shape(layer: Layer, info: RasterInfo) -> tuple[int, ...]:
 class WorkStore:
     """A run's chunks on disk, with a completion flag per chunk. Picklable: workers reopen it by path."""
 
-    def __init__(self, path: Path, layers: list[Layer], paths: dict[str, str]) -> None:
-        self.path = path
+    def __init__(self, location: StoreLocation, layers: list[Layer], paths: dict[str, str]) -> None:
+        self.location = location
         self.layers = layers
         #: Where each layer's level-0 array sits in the group (format-specific: OME-Zarr wants NGFF paths).
         self.paths = paths
@@ -46,16 +46,16 @@ class WorkStore:
     @property
     def group(self) -> zarr.Group:
         if self._group is None:
-            self._group = zarr.open_group(str(self.path), mode="r+")
+            self._group = self.location.open_group(mode="r+")
         return self._group
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "layers": self.layers, "paths": self.paths, "_group": None}
+        return {"location": self.location, "layers": self.layers, "paths": self.paths, "_group": None}
 
     @classmethod
     def create(
         cls,
-        path: Path,
+        location: StoreLocation,
         info: RasterInfo,
         layers: list[Layer],
         chunk: tuple[int, int],
@@ -64,10 +64,10 @@ class WorkStore:
         attributes: dict[str, Any],
         paths: dict[str, str] | None = None,
     ) -> WorkStore:
-        """A new, empty store at ``path`` (anything already there is replaced)."""
+        """A new, empty store at ``location`` (anything already there is replaced)."""
         paths = paths or {layer.name: layer.name for layer in layers}
         try:
-            group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={**attributes, RUN_KEY: run})
+            group = location.open_group(mode="w", zarr_format=3, attributes={**attributes, RUN_KEY: run})
             for layer in layers:
                 two_d = layer.name == "labels"
                 parent, _, name = paths[layer.name].rpartition("/")
@@ -89,24 +89,26 @@ class WorkStore:
                 )
             group.create_array(DONE, shape=chunk_grid, chunks=(1, 1), dtype="uint8", fill_value=0)
         except OSError as exc:
-            raise OutputError(f"cannot create the work store {path}: {exc}") from None
-        store = cls(path, layers, paths)
+            raise OutputError(f"cannot create the work store {location}: {exc}") from None
+        store = cls(location, layers, paths)
         store._group = group
         return store
 
     @classmethod
-    def reopen(cls, path: Path, layers: list[Layer], run: dict[str, Any], paths: dict[str, str]) -> WorkStore:
+    def reopen(
+        cls, location: StoreLocation, layers: list[Layer], run: dict[str, Any], paths: dict[str, str]
+    ) -> WorkStore:
         """The store of an interrupted run, if it was the same run; otherwise an error naming what changed."""
         try:
-            group = zarr.open_group(str(path), mode="r+")
+            group = location.open_group(mode="r+")
             recorded = dict(group.attrs[RUN_KEY])
         except (OSError, KeyError, ValueError, zarr.errors.GroupNotFoundError) as exc:
-            raise OutputError(f"cannot resume: {path} is not a readable tilewise work store ({exc})") from None
+            raise OutputError(f"cannot resume: {location} is not a readable tilewise work store ({exc})") from None
         changed = sorted(k for k in set(recorded) | set(run) if recorded.get(k) != run.get(k))
         if changed:
             details = "; ".join(f"{k}: was {recorded.get(k)!r}, now {run.get(k)!r}" for k in changed[:4])
             raise OptionError(f"cannot resume: the input or settings changed since the interrupted run ({details})")
-        store = cls(path, layers, paths)
+        store = cls(location, layers, paths)
         store._group = group
         return store
 

@@ -1,0 +1,89 @@
+"""Where a run's work store lives: a local path (by default next to the output) or an fsspec URL.
+
+Workers of a cluster write into the store themselves, so it must be somewhere they all reach: a shared
+filesystem path, or an object store URL (``s3://…``, ``gs://…``, ``file://…``) through fsspec.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from ..errors import OptionError
+from .atomic import partial_path
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """A local path or an fsspec URL of a Zarr group."""
+
+    url: str
+
+    @classmethod
+    def for_output(cls, output: Path, work_dir: str | None) -> StoreLocation:
+        """``OUTPUT.partial`` next to the output, or under ``work_dir`` (a folder or URL) when given."""
+        name = partial_path(output).name
+        if work_dir is None:
+            return cls(str(output.with_name(name)))
+        if "://" in work_dir:
+            return cls(f"{work_dir.rstrip('/')}/{name}")
+        folder = Path(work_dir)
+        if not folder.is_dir():
+            raise OptionError(f"work folder {folder} does not exist")
+        return cls(str(folder / name))
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.url
+
+    @property
+    def path(self) -> Path:
+        """The local path (only for local locations)."""
+        if not self.is_local:
+            raise ValueError(f"{self.url} is not a local path")
+        return Path(self.url)
+
+    def _fs(self) -> tuple[Any, str]:
+        import fsspec
+
+        return fsspec.core.url_to_fs(self.url, **self.storage_options)
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        # fsspec's local filesystem does not create folders unless told to.
+        return {"auto_mkdir": True} if self.url.startswith("file://") else {}
+
+    def open_group(self, mode: str, **kwargs: Any) -> zarr.Group:
+        if self.is_local:
+            return zarr.open_group(self.url, mode=mode, **kwargs)
+        return zarr.open_group(self.url, mode=mode, storage_options=self.storage_options, **kwargs)
+
+    def exists(self) -> bool:
+        if self.is_local:
+            return Path(self.url).exists()
+        fs, path = self._fs()
+        return bool(fs.exists(path))
+
+    def remove(self) -> None:
+        if self.is_local:
+            path = Path(self.url)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+            return
+        fs, path = self._fs()
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+    def download(self, local: Path) -> None:
+        """Copy the store to the local folder ``local`` (which must not exist)."""
+        fs, path = self._fs()
+        fs.get(path.rstrip("/") + "/", str(local), recursive=True)
+
+    def __str__(self) -> str:
+        return self.url
