@@ -152,3 +152,31 @@ def test_downsampling_rules() -> None:
     uint8 = np.array([[10, 20], [255, 30]], np.uint8)
     assert downsample_mean(uint8, 255)[0, 0] == 20
     assert level_shapes(1000, 300) == [(1000, 300), (500, 150), (250, 75)]
+
+
+def test_labels_written_into_a_source_ome_zarr_image(tmp_path: Path) -> None:
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    from ome_zarr.writer import write_image
+
+    source = tmp_path / "slide.ome.zarr"
+    image = random_image((3, 300, 400), seed=4)
+    group = zarr.open_group(str(source), mode="w", zarr_format=3)
+    write_image(image, group, axes="cyx", axes_units={"y": "micrometer", "x": "micrometer"})
+    ome = group.attrs["ome"]  # a 0.25 µm scanner: scale every level's y and x
+    for dataset in ome["multiscales"][0]["datasets"]:
+        scale = dataset["coordinateTransformations"][0]["scale"]
+        scale[1:] = [v * 0.25 for v in scale[1:]]
+    group.attrs["ome"] = ome
+    model = make_checkpoint(tmp_path / "m.safetensors", tile=64)
+    report = predict(source, source / "labels" / "tilewise", model)
+    assert report.format == "ngff-labels" and report.pixel_size_um == pytest.approx((0.25, 0.25))
+    nodes = list(Reader(parse_url(str(source)))())
+    picture = next(n for n in nodes if n.metadata.get("name") == "image")
+    label = next(n for n in nodes if n.metadata.get("name") == "tilewise")
+    assert [d.shape[-2:] for d in label.data] == [d.shape[-2:] for d in picture.data]
+    levels = [np.asarray(d) for d in label.data]
+    np.testing.assert_array_equal(levels[1], levels[0][::2, ::2])
+    assert zarr.open_group(str(source / "labels"), mode="r").attrs["ome"]["labels"] == ["tilewise"]
+    with pytest.raises(OptionError, match="label map only"):
+        predict(source, source / "labels" / "both", model, output_kind="both")

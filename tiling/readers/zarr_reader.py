@@ -35,6 +35,31 @@ def _open_array(path: str) -> tuple[zarr.Array, dict[str, Any]]:
     raise InputError(f"{path} is a Zarr group without an obvious image array (arrays: {arrays or 'none'})")
 
 
+_TO_UM = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3}
+
+
+def _ngff_pixel_size_um(attrs: dict[str, Any]) -> tuple[float, float] | None:
+    """µm per pixel (y, x) of an OME-Zarr image's full-resolution level, when its axes have a length unit."""
+    try:
+        multiscale = attrs.get("ome", attrs)["multiscales"][0]
+        axes = multiscale["axes"]
+        scale = next(t["scale"] for t in multiscale["datasets"][0]["coordinateTransformations"] if t["type"] == "scale")
+    except (KeyError, IndexError, StopIteration, TypeError):
+        return None
+    sizes = {}
+    for axis, value in zip(axes, scale, strict=False):
+        factor = _TO_UM.get(axis.get("unit", ""))
+        if axis.get("name") in ("y", "x") and factor:
+            sizes[axis["name"]] = value * factor
+    return (sizes["y"], sizes["x"]) if len(sizes) == 2 else None
+
+
+def _listed_pixel_size(attrs: dict[str, Any]) -> tuple[float, float] | None:
+    """The ``pixel_size_um`` tilewise writes into its own Zarr outputs."""
+    size = attrs.get("pixel_size_um")
+    return (float(size[0]), float(size[1])) if size else None
+
+
 class ZarrReader:
     """Windowed reads of a Zarr array laid out (bands, y, x) or (y, x)."""
 
@@ -63,6 +88,7 @@ class ZarrReader:
             crs=attrs.get("crs"),
             transform=tuple(attrs["transform"]) if attrs.get("transform") else None,
             nodata=None if nodata is None else float(nodata),
+            pixel_size_um=_ngff_pixel_size_um(attrs) or _listed_pixel_size(attrs),
         )
         self._array: zarr.Array | None = array
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import OptionError
 from ..plan import Span
 from ..readers.base import RasterInfo
 from .atomic import check_destination, commit, remove_path
@@ -24,8 +25,8 @@ from .geotiff import write_geotiff
 from .layers import Layer, output_layers
 from .location import StoreLocation
 from .ome_tiff import write_ome_tiff
-from .ome_zarr import array_paths, image_metadata, label_metadata
-from .pyramid import build_level, level_shapes
+from .ome_zarr import array_paths, ensure_labels_group, image_metadata, label_metadata, labels_target, register_label
+from .pyramid import build_level, build_nearest_level, level_shapes
 from .workstore import COMPRESSORS, WorkStore
 
 __all__ = ["FORMATS", "OutputSpec", "RunOutput", "StoreLocation", "check_outputs", "output_format", "output_paths"]
@@ -34,6 +35,8 @@ __all__ = ["FORMATS", "OutputSpec", "RunOutput", "StoreLocation", "check_outputs
 def check_outputs(path: Path, fmt: str, spec: OutputSpec, overwrite: bool) -> list[Path]:
     """Validate the destination(s) before any work starts; returns the paths that will be written."""
     paths = output_paths(path, fmt, spec)
+    if fmt == "ngff-labels":
+        ensure_labels_group(path.parent.parent)
     for p in paths:
         check_destination(p, overwrite)
     return paths
@@ -68,7 +71,18 @@ class RunOutput:
         #: Files assembled from the store wait here, next to their final names, until all are done.
         self.assembling = [p.with_name(p.name + ".assembling") for p in self.paths]
         self._download = path.with_name(path.name + ".download")
-        if fmt == "ome-zarr":
+        self.source = labels_target(path) if fmt == "ngff-labels" else None
+        if self.source is not None:
+            if spec.kind != "labels":
+                raise OptionError("an NGFF label image holds the label map only: use --output-kind labels")
+            if self.source.shapes[0] != (info.height, info.width):
+                raise OptionError(
+                    f"{path} would label {self.source.group}, whose full-resolution image is "
+                    f"{self.source.shapes[0][0]} x {self.source.shapes[0][1]}, but the run's raster is "
+                    f"{info.height} x {info.width}: read that image at its full resolution"
+                )
+            self._array_paths = {"labels": self.source.paths[0]}
+        elif fmt == "ome-zarr":
             self._array_paths = array_paths(self.layers)
         else:
             self._array_paths = {layer.name: layer.name for layer in self.layers}
@@ -99,9 +113,11 @@ class RunOutput:
     def finalize(self) -> None:
         """Assemble the requested files from the complete work store and move them into place."""
         assert self.store is not None
-        if self.fmt in ("zarr", "ome-zarr"):
+        if self.fmt in ("zarr", "ome-zarr", "ngff-labels"):
             if self.fmt == "ome-zarr":
                 self._build_ome_zarr()
+            elif self.source is not None:
+                self._build_source_levels()
             self.store.seal(_descriptive_attributes(self.info, self.class_names))
             if self.work.is_local:
                 commit(self.work.path, self.final)
@@ -111,6 +127,8 @@ class RunOutput:
                 self.work.download(local)
                 commit(local, self.final)
                 self.work.remove()
+            if self.source is not None:
+                register_label(self.source, self.final.name)
             return
         for dest, layer in zip(self.assembling, self.layers, strict=True):
             if self.fmt == "ome-tiff":
@@ -153,6 +171,25 @@ class RunOutput:
         )
         build_level(source, target, labels=layer.name == "labels", nodata=layer.nodata)
         return target
+
+    def _build_source_levels(self) -> None:
+        """The label image's reduced levels, at the source image's paths and sizes, and its metadata."""
+        assert self.store is not None and self.source is not None
+        root, layer = self.store.group, self.layers[0]
+        previous = root[self.source.paths[0]]
+        for path, shape in zip(self.source.paths[1:], self.source.shapes[1:], strict=True):
+            target = root.create_array(
+                path,
+                shape=shape,
+                chunks=tuple(min(c, s) for c, s in zip(previous.chunks, shape, strict=True)),
+                dtype=previous.dtype,
+                fill_value=layer.nodata,
+                compressors=COMPRESSORS,
+                dimension_names=("y", "x"),
+            )
+            build_nearest_level(previous, target)
+            previous = target
+        root.attrs.update(self.source.label_metadata(layer, self.class_names, self.final.name))
 
     def _build_ome_zarr(self) -> None:
         assert self.store is not None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import OptionError
 from .encode import OutputSpec
+from .ome_zarr import labels_target
 
 FORMATS = ("cog", "geotiff", "ome-tiff", "ome-zarr", "zarr")
 TIFF_FORMATS = ("cog", "geotiff", "ome-tiff")
@@ -26,7 +27,8 @@ def _suffix(path: Path) -> str:
 
 def output_format(path: Path, explicit: str | None = None) -> str:
     """``explicit`` if given, else from the name: ``.tif`` → COG, ``.ome.tif`` → OME-TIFF, ``.ome.zarr`` →
-    OME-Zarr, ``.zarr`` → Zarr."""
+    OME-Zarr, ``.zarr`` → Zarr; a path ``IMAGE.ome.zarr/labels/NAME`` in an existing OME-Zarr image →
+    ``ngff-labels`` (a label image of that image)."""
     if explicit is not None:
         if explicit not in FORMATS:
             raise OptionError(f"unknown output format {explicit!r} (expected one of {', '.join(FORMATS)})")
@@ -35,6 +37,8 @@ def output_format(path: Path, explicit: str | None = None) -> str:
         if (explicit in TIFF_FORMATS) != tiff:
             raise OptionError(f"format {explicit} does not fit the output name {path.name}")
         return explicit
+    if labels_target(path) is not None:
+        return "ngff-labels"
     name = path.name.lower()
     for suffix, fmt in _SUFFIXES:
         if name.endswith(suffix):

@@ -69,3 +69,19 @@ def build_level(source: zarr.Array, target: zarr.Array, labels: bool, nodata: fl
             xs = slice(2 * x, min(2 * (x + chunk_w), source.shape[-1]))
             block = downsample(source[..., ys, xs], labels, nodata)
             target[..., y : y + block.shape[-2], x : x + block.shape[-1]] = block
+
+
+def build_nearest_level(source: zarr.Array, target: zarr.Array) -> None:
+    """Fill ``target`` from ``source`` (both (y, x)) by nearest neighbour for any size ratio, block by block.
+
+    Target pixel i takes source pixel floor(i · source/target): the top-left pixel of its block for a factor
+    of 2, as ``downsample_nearest``; other ratios (a source pyramid's floor-halved levels) follow the same rule.
+    """
+    (src_h, src_w), (height, width) = source.shape, target.shape
+    chunk_h, chunk_w = target.chunks
+    for y in range(0, height, chunk_h):
+        rows = (np.arange(y, min(y + chunk_h, height)) * src_h) // height
+        for x in range(0, width, chunk_w):
+            cols = (np.arange(x, min(x + chunk_w, width)) * src_w) // width
+            block = source[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            target[y : y + rows.size, x : x + cols.size] = block[np.ix_(rows - rows[0], cols - cols[0])]
