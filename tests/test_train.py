@@ -176,6 +176,10 @@ def test_binary_and_id_masks() -> None:
     np.testing.assert_array_equal(ids.decode(np.array([[[0, 2, 255, 1]]]), "m"), [[0, 2, IGNORE, 1]])
     with pytest.raises(Exception, match="value 7 at row 0, col 1"):
         ids.decode(np.array([[[0, 7]]]), "m")
+    # Pixels the mask raster marks invalid (its nodata) are unlabelled, whatever value they hold.
+    no_ignore = MaskEncoding.from_options("ids", ("a", "b"), None, None)
+    valid = np.array([[True, False, True]])
+    np.testing.assert_array_equal(no_ignore.decode(np.array([[[1, 99, 0]]]), "m", valid), [[1, IGNORE, 0]])
 
 
 @pytest.mark.parametrize("name", list(LOSSES))

@@ -53,9 +53,9 @@ class Pair:
         return normalization.apply(data, valid), labels
 
     def decode(self, rows: Span, cols: Span) -> np.ndarray:
-        raw, _ = self.mask.read(rows, cols)
+        raw, valid = self.mask.read(rows, cols)
         where = f"{self.mask.info.path} (rows {rows.start}:{rows.stop}, cols {cols.start}:{cols.stop})"
-        return self.encoding.decode(raw, where)
+        return self.encoding.decode(raw, where, valid)
 
     def close(self) -> None:
         self.image.close()
@@ -123,10 +123,11 @@ def survey(pairs: Sequence[Pair], cell: int, class_names: Sequence[str]) -> Surv
             for c0 in range(0, pair.width, block):
                 rows, cols = Span(r0, min(r0 + block, pair.height)), Span(c0, min(c0 + block, pair.width))
                 data, valid = pair.image.read(rows, cols)
-                raw, _ = pair.mask.read(rows, cols)
-                raw_max = max(raw_max, int(np.nanmax(raw[0]))) if pair.encoding.kind == "binary" else raw_max
+                raw, mask_valid = pair.mask.read(rows, cols)
+                if pair.encoding.kind == "binary" and mask_valid.any():
+                    raw_max = max(raw_max, int(raw[0][mask_valid].max()))
                 where = f"{pair.mask.info.path} (rows {r0}:{rows.stop}, cols {c0}:{cols.stop})"
-                labels = pair.encoding.decode(raw, where)
+                labels = pair.encoding.decode(raw, where, mask_valid)
                 labels[~valid] = IGNORE
                 pixels = data[:, valid].astype(np.float64)
                 total += pixels.sum(axis=1)

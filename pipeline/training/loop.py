@@ -144,6 +144,7 @@ def _train(opts: TrainOptions, on_epoch: Callable[[dict[str, Any]], None] | None
         config_ = UNetConfig(**{**config_.to_mapping(), "in_channels": bands})
         found = survey(pairs, max(opts.tile // 2, 1), opts.class_names)
         settings = fingerprint(opts, images, masks, val_images + val_masks)
+        _make_folder(files)
         run = _Run(opts, config_, pairs, val_pairs or pairs, found, device, amp, files, settings, on_epoch)
         if not val_pairs:
             print("tilewise: no validation set given; validating on the training rasters", file=sys.stderr)
@@ -183,12 +184,18 @@ def _check_outputs(files: RunFiles, opts: TrainOptions) -> None:
         existing = [p for p in (files.checkpoint, files.state) if p.exists()]
         if existing:
             raise OutputError(f"{existing[0]} already exists; pass --overwrite to replace it or --resume to continue")
+    folder = files.checkpoint.parent
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK)):
+        raise OutputError(f"cannot write {files.checkpoint}: {existing} is not a writable folder")
+
+
+def _make_folder(files: RunFiles) -> None:
+    """Create the checkpoint's folder (only once the inputs have passed their checks)."""
     try:
         files.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create the folder for {files.checkpoint}: {exc.strerror}") from None
-    if not os.access(files.checkpoint.parent, os.W_OK):
-        raise OutputError(f"cannot write to {files.checkpoint.parent}")
 
 
 def _amp(mode: str, device: str) -> bool:

@@ -1,8 +1,8 @@
 """Mask rasters into class ids: ids as stored, binary 0/255, or colours through a palette; an ignore value.
 
 Decoded labels are int64 with ``IGNORE`` (-1) where a pixel adds nothing to the loss or the metrics: the ignore
-value, and pixels whose image is nodata. A mask value that fits no class is an error naming the value and the
-file, never a silent background.
+value, pixels the mask raster itself marks as nodata, and pixels whose image is nodata. A mask value that fits
+no class is an error naming the value and the file, never a silent background.
 """
 
 from __future__ import annotations
@@ -98,18 +98,20 @@ class MaskEncoding:
         """Bands a mask raster must have (a one-band paletted image is expanded to RGB on read)."""
         return 3 if self.kind == "palette" else 1
 
-    def decode(self, data: np.ndarray, where: str) -> np.ndarray:
-        """Class ids (rows, cols) int64 from raw mask pixels (bands, rows, cols); ``IGNORE`` for ignored."""
+    def decode(self, data: np.ndarray, where: str, valid: np.ndarray | None = None) -> np.ndarray:
+        """Class ids (rows, cols) int64 from raw mask pixels (bands, rows, cols); ``IGNORE`` for the ignore value
+        and where ``valid`` (the mask raster's own nodata/validity) is False."""
+        unlabelled = np.zeros(data.shape[1:], dtype=bool) if valid is None else ~valid
         if self.kind == "palette":
-            return self._decode_palette(data, where)
-        raw = data[0]
+            return self._decode_palette(data, where, unlabelled)
+        raw = np.where(unlabelled, 0, data[0])
         if raw.dtype.kind == "f":
             if np.isnan(raw).any():
                 raise InputError(f"mask {where} holds NaN values; use a whole-number mask")
             if (raw != np.round(raw)).any():
                 raise InputError(f"mask {where} holds fractional values; class ids must be whole numbers")
         raw = raw.astype(np.int64)
-        ignored = raw == self.ignore if self.ignore is not None else np.zeros(raw.shape, dtype=bool)
+        ignored = unlabelled | (raw == self.ignore) if self.ignore is not None else unlabelled
         if self.kind == "binary":
             bad = (~ignored) & ((raw < 0) | (raw > 255))
             labels = (raw >= BINARY_THRESHOLD).astype(np.int64)
@@ -126,17 +128,18 @@ class MaskEncoding:
         labels[ignored] = IGNORE
         return labels
 
-    def _decode_palette(self, data: np.ndarray, where: str) -> np.ndarray:
+    def _decode_palette(self, data: np.ndarray, where: str, unlabelled: np.ndarray) -> np.ndarray:
         codes = _pack(data[:3])
         known = np.array([_pack(np.array(c, dtype=np.uint8)[:, None])[0] for c in self.colours], dtype=np.int32)
         order = np.argsort(known)
         position = np.clip(np.searchsorted(known[order], codes), 0, len(known) - 1)
         labels = order[position].astype(np.int64)
         matched = known[order][position] == codes
+        ignored = unlabelled.copy()
         if self.ignore is not None:
-            ignored = codes == _pack(np.array(self.ignore, dtype=np.uint8)[:, None])[0]
-            labels[ignored] = IGNORE
-            matched |= ignored
+            ignored |= codes == _pack(np.array(self.ignore, dtype=np.uint8)[:, None])[0]
+        labels[ignored] = IGNORE
+        matched |= ignored
         if not matched.all():
             bad_codes, counts = np.unique(codes[~matched], return_counts=True)
             top = bad_codes[np.argsort(counts)[::-1][:3]]
