@@ -3,7 +3,7 @@
     nice -n 10 python -m benchmarks.isbi2012 [--out /tmp/tilewise-isbi] [--epochs 30] [--steps-per-epoch 25]
 
 Trains with ``configs/isbi2012.yaml`` (the project's own ``train``), then segments the held-out slices with
-``predict`` (Gaussian-blended 256-px tiles, overlap 0.5) and prints, per slice and overall:
+``predict`` (Gaussian-blended 256-px tiles, overlap 0.5; without and with flip TTA) and prints, per slice and overall:
 - pixel error: share of pixels whose cell/membrane label (probability of "cell" ≥ 0.5) is wrong;
 - Rand error: ``skimage.metrics.adapted_rand_error`` between the connected cell regions (4-connectivity) of the
   truth and of the prediction, truth membrane pixels ignored, at threshold 0.5, and the best over thresholds
@@ -41,7 +41,7 @@ def rand_error(truth_cells: np.ndarray, predicted_cells: np.ndarray) -> float:
     return float(adapted_rand_error(truth, predicted, ignore_labels=(0,))[0])
 
 
-def score_slices(checkpoint: Path, workdir: Path) -> dict[str, float]:
+def score_slices(checkpoint: Path, workdir: Path, tta: str) -> dict[str, float]:
     import rasterio
 
     from pipeline import predict
@@ -49,8 +49,9 @@ def score_slices(checkpoint: Path, workdir: Path) -> dict[str, float]:
     rows = []
     errors_by_threshold = {float(t): [] for t in THRESHOLDS}
     for index in HELD_OUT:
-        out = workdir / f"probs_{index}.tif"
-        predict(DATA / "image" / f"{index}.png", out, checkpoint, output_kind="probs", overlap=0.5, overwrite=True)
+        out = workdir / f"probs_{index}_{tta}.tif"
+        image = DATA / "image" / f"{index}.png"
+        predict(image, out, checkpoint, output_kind="probs", overlap=0.5, tta=tta, overwrite=True)
         with rasterio.open(out) as ds:
             cell = ds.read(1)  # the binary model's band: probability of "cell"
         with rasterio.open(DATA / "label" / f"{index}.png") as ds:

@@ -14,7 +14,7 @@ from pipeline import TrainOptions, load_checkpoint, predict, train
 from pipeline.cli import main
 from pipeline.training import data as training_data
 from pipeline.training.augment import Augmentation
-from pipeline.training.data import open_pairs, read_tile, survey
+from pipeline.training.data import TileSampler, open_pairs, read_tile, survey
 from pipeline.training.losses import LOSSES, make_loss
 from pipeline.training.masks import IGNORE, MaskEncoding
 from pipeline.training.metrics import Confusion
@@ -142,6 +142,28 @@ def test_reads_are_windowed_never_whole_rasters(scene, monkeypatch) -> None:
     read_tile(pairs[0], 50, 70, 64, found.normalization)
     assert sizes and max(max(s) for s in sizes) <= 64
     assert found.class_counts.sum() == 160 * 160 and found.class_counts[1] > 0
+
+
+def test_oversampling_centres_tiles_on_rare_classes(tmp_path: Path) -> None:
+    image = write_geotiff(tmp_path / "img.tif", np.full((1, 256, 256), 100, np.uint8))
+    labels = np.zeros((1, 256, 256), np.uint8)
+    labels[0, 200:210, 30:40] = 1  # 0.15 % of the pixels
+    mask = write_geotiff(tmp_path / "mask.tif", labels)
+    encoding = MaskEncoding.from_options("ids", ("background", "rare"), None, None)
+    pairs = open_pairs([str(image)], [str(mask)], None, encoding, "training")
+    found = survey(pairs, 16, ("background", "rare"))
+
+    def share_with_rare(oversample: float) -> float:
+        sampler = TileSampler(pairs, found, 32, oversample)
+        rng = np.random.default_rng(0)
+        hits = 0
+        for _ in range(200):
+            _, row, col = sampler.sample(rng)
+            hits += bool(labels[0, row : row + 32, col : col + 32].any())
+        return hits / 200
+
+    assert share_with_rare(0.0) < 0.1
+    assert share_with_rare(1.0) > 0.4  # half the draws pick the rare class, and their tiles hold it
 
 
 # -- masks, losses, augmentation -------------------------------------------------------------------------------
