@@ -19,6 +19,7 @@ import argparse
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rasterio.errors import NotGeoreferencedWarning
@@ -41,7 +42,7 @@ def rand_error(truth_cells: np.ndarray, predicted_cells: np.ndarray) -> float:
     return float(adapted_rand_error(truth, predicted, ignore_labels=(0,))[0])
 
 
-def score_slices(checkpoint: Path, workdir: Path, tta: str) -> dict[str, float]:
+def score_slices(checkpoint: Path, workdir: Path, tta: str) -> dict[str, Any]:
     import rasterio
 
     from pipeline import predict
@@ -68,6 +69,7 @@ def score_slices(checkpoint: Path, workdir: Path, tta: str) -> dict[str, float]:
         "rand_error": float(np.mean([r[2] for r in rows])),
         "best_threshold": best_t,
         "rand_error_best_threshold": float(np.mean(errors_by_threshold[best_t])),
+        "sweep": {t: float(np.mean(e)) for t, e in errors_by_threshold.items()},
     }
 
 
@@ -107,17 +109,20 @@ def main() -> None:
             f"trained {report.epochs} epochs in {report.seconds / 60:.1f} min wall, "
             f"{report.cpu_seconds / 60:.1f} CPU-min on {report.device}; best epoch {report.best_epoch}"
         )
-    cpu, wall = time.process_time(), time.perf_counter()
-    scores = score_slices(checkpoint, args.out)
-    print(
-        f"held-out slices 25-29 (predict: {time.perf_counter() - wall:.0f} s wall, "
-        f"{(time.process_time() - cpu) / 60:.1f} CPU-min incl. Rand sweeps):"
-    )
-    print(f"  pixel error {scores['pixel_error']:.4f}   (U-Net paper, challenge test set: {PAPER['pixel_error']})")
-    print(
-        f"  Rand error  {scores['rand_error']:.4f} at threshold 0.5, {scores['rand_error_best_threshold']:.4f} at "
-        f"the best threshold {scores['best_threshold']}   (U-Net paper: {PAPER['rand_error']})"
-    )
+    for tta in ("none", "flips"):
+        cpu, wall = time.process_time(), time.perf_counter()
+        print(f"predict with tta {tta}:")
+        scores = score_slices(checkpoint, args.out, tta)
+        print(
+            f"held-out slices 25-29, tta {tta} (predict and scoring: {time.perf_counter() - wall:.0f} s wall, "
+            f"{(time.process_time() - cpu) / 60:.1f} CPU-min):"
+        )
+        print(f"  pixel error {scores['pixel_error']:.4f}   (U-Net paper, challenge test set: {PAPER['pixel_error']})")
+        print(
+            f"  Rand error  {scores['rand_error']:.4f} at threshold 0.5, {scores['rand_error_best_threshold']:.4f} "
+            f"at the best threshold {scores['best_threshold']}   (U-Net paper: {PAPER['rand_error']})"
+        )
+        print("  Rand error by threshold: " + ", ".join(f"{t}: {e:.4f}" for t, e in scores["sweep"].items()))
 
 
 if __name__ == "__main__":

@@ -156,6 +156,15 @@ def _ignore_value(text: str) -> int | str:
         return text
 
 
+def _class_weights(text: str) -> str | tuple[float, ...]:
+    if text == "balanced":
+        return text
+    try:
+        return tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'balanced' or weights like 1,2.5, got {text!r}") from None
+
+
 def _add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     t = sub.add_parser(
         "train",
@@ -182,6 +191,7 @@ def _add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     t.add_argument("--oversample", type=float, help="share of tiles centred on a randomly drawn class (0-1)")
     t.add_argument("--elastic", action=argparse.BooleanOptionalAction, default=None, help="elastic deformation")
     t.add_argument("--loss", help="bce, dice, bce+dice (binary); ce, ce+dice (multi-class)")
+    t.add_argument("--class-weights", type=_class_weights, help="cross-entropy class weights: balanced or 1,2.5")
     t.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
     t.add_argument("--schedule", help="cosine (default) or onecycle")
     t.add_argument("--seed", type=int, help="random seed (default 0)")

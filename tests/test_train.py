@@ -15,6 +15,7 @@ from pipeline.cli import main
 from pipeline.training import data as training_data
 from pipeline.training.augment import Augmentation
 from pipeline.training.data import TileSampler, open_pairs, read_tile, survey
+from pipeline.training.loop import _class_weights
 from pipeline.training.losses import LOSSES, make_loss
 from pipeline.training.masks import IGNORE, MaskEncoding
 from pipeline.training.metrics import Confusion
@@ -204,8 +205,9 @@ def test_binary_and_id_masks() -> None:
     np.testing.assert_array_equal(no_ignore.decode(np.array([[[1, 99, 0]]]), "m", valid), [[1, IGNORE, 0]])
 
 
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("name", list(LOSSES))
-def test_ignored_pixels_contribute_no_loss(name: str) -> None:
+def test_ignored_pixels_contribute_no_loss(name: str, weighted: bool) -> None:
     binary = name.startswith(("bce", "dice"))
     classes = 1 if binary else 4
     generator = torch.Generator().manual_seed(1)
@@ -213,7 +215,7 @@ def test_ignored_pixels_contribute_no_loss(name: str) -> None:
     ignored = torch.rand(2, 16, 16, generator=generator) < 0.3
     labels[ignored] = IGNORE
     logits = torch.randn(2, classes, 16, 16, generator=generator, requires_grad=True)
-    loss = make_loss(name, binary)
+    loss = make_loss(name, binary, [1.0 + i for i in range(2 if binary else classes)] if weighted else None)
     value = loss(logits, labels)
     value.backward()
     assert torch.isfinite(value) and value > 0
@@ -229,6 +231,20 @@ def test_ignored_pixels_contribute_no_loss(name: str) -> None:
     nothing.backward()
     assert float(nothing.detach()) == pytest.approx(0.0, abs=1e-6)
     assert fresh.grad is not None and torch.isfinite(fresh.grad).all()
+
+
+def test_class_weights() -> None:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (2, 8, 8), generator=generator)
+    logits = torch.randn(2, 1, 8, 8, generator=generator)
+    plain = make_loss("bce", True)(logits, labels)
+    torch.testing.assert_close(make_loss("bce", True, [2.0, 2.0])(logits, labels), plain)  # a weighted mean
+    per_pixel = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], labels.float(), reduction="none")
+    w = torch.where(labels == 1, 3.0, 1.0)
+    torch.testing.assert_close(make_loss("bce", True, [1.0, 3.0])(logits, labels), (per_pixel * w).sum() / w.sum())
+    assert _class_weights("balanced", np.array([75, 25, 0])) == pytest.approx([2 / 3, 2.0, 1.0])
+    with pytest.raises(Exception, match="class_weights"):
+        TrainOptions(class_weights=(1.0,))
 
 
 def test_metrics_skip_ignored_pixels() -> None:

@@ -233,7 +233,8 @@ class _Run:
             opts.elastic_sigma,
             opts.elastic_grid,
         )
-        self.loss: Loss = make_loss(opts.loss_name, opts.binary)
+        self.class_weights = _class_weights(opts.class_weights, found.class_counts)
+        self.loss: Loss = make_loss(opts.loss_name, opts.binary, self.class_weights)
         torch.manual_seed(opts.seed)
         self.model: UNet = build_model(config).to(device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
@@ -368,6 +369,7 @@ class _Run:
             "val_iou": scores.mean_iou,
             "val_pixel_error": scores.pixel_error,
             "loss": self.opts.loss_name,
+            "class_weights": self.class_weights,
             "tile": self.opts.tile,
             "seed": self.opts.seed,
         }
@@ -411,6 +413,19 @@ class _Run:
         self.best = float(state["best"])
         best_rows = [r for r in self.history if _score(r) == self.best] if math.isfinite(self.best) else []
         self.best_scores = Scores.from_row(best_rows[0], self.opts.class_names) if best_rows else None
+
+
+def _class_weights(setting: str | tuple[float, ...] | None, counts: np.ndarray) -> list[float] | None:
+    """Per-class loss weights: as given, or ``balanced`` = total / (classes · count) for the classes present in
+    the training masks (1 for absent ones), so each class carries the same total weight."""
+    if setting is None:
+        return None
+    if setting != "balanced":
+        return [float(w) for w in setting]
+    present = counts > 0
+    weights = np.ones(len(counts))
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return [float(w) for w in weights]
 
 
 def _prefetch(batches: Iterator[Any], depth: int) -> Iterator[Any]:

@@ -1,13 +1,14 @@
 """Segmentation losses that skip ignored pixels: BCE, Dice and BCE + Dice (binary), CE and CE + Dice.
 
-Labels are int64 class ids with ``IGNORE`` for pixels that must not count. A binary model has one logit per
+Labels are int64 class ids with ``IGNORE`` for pixels that must not count; optional class weights scale the
+(binary) cross-entropy of each pixel by its true class. A binary model has one logit per
 pixel; a multi-class model one per class. Dice is the soft Dice over the whole batch (one ratio per class,
 averaged), with a smoothing of 1 so an empty class does not divide by zero.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,27 +26,33 @@ def _no_pixels(logits: torch.Tensor) -> torch.Tensor:
     return logits.sum() * 0.0
 
 
-def bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def bce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     keep = labels != IGNORE
     if not keep.any():
         return _no_pixels(logits)
-    return F.binary_cross_entropy_with_logits(logits[:, 0][keep].float(), labels[keep].float())
+    target = labels[keep]
+    per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0][keep].float(), target.float(), reduction="none")
+    if weights is None:
+        return per_pixel.mean()
+    w = weights.to(logits.device)[target]
+    return (per_pixel * w).sum() / w.sum()  # weighted mean, as cross_entropy(weight=…) takes it
 
 
-def binary_dice(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def binary_dice(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     keep = (labels != IGNORE).float()
     probs = torch.sigmoid(logits[:, 0].float()) * keep
     target = (labels == 1).float() * keep
     return 1 - (2 * (probs * target).sum() + SMOOTH) / (probs.sum() + target.sum() + SMOOTH)
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     if not (labels != IGNORE).any():
         return _no_pixels(logits)
-    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)
+    weight = None if weights is None else weights.to(logits.device)
+    return F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=IGNORE)
 
 
-def multiclass_dice(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def multiclass_dice(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     classes = logits.shape[1]
     keep = (labels != IGNORE).float()[:, None]
     probs = torch.softmax(logits.float(), dim=1) * keep
@@ -55,7 +62,8 @@ def multiclass_dice(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return 1 - dice.mean()
 
 
-LOSSES: dict[str, tuple[Loss, ...]] = {
+Part = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+LOSSES: dict[str, tuple[Part, ...]] = {
     "bce": (bce,),
     "dice": (binary_dice,),
     "bce+dice": (bce, binary_dice),
@@ -64,16 +72,19 @@ LOSSES: dict[str, tuple[Loss, ...]] = {
 }
 
 
-def make_loss(name: str, binary: bool) -> Loss:
-    """The named loss; binary names need a one-logit model, ``ce`` names a multi-class one."""
+def make_loss(name: str, binary: bool, class_weights: Sequence[float] | None = None) -> Loss:
+    """The named loss; binary names need a one-logit model, ``ce`` names a multi-class one. ``class_weights``
+    (one per class id) weight the cross-entropy terms per pixel by its true class, as the class-balancing part
+    of the U-Net paper's weight map; Dice is left unweighted."""
     if name not in LOSSES:
         raise OptionError(f"unknown loss {name!r} (expected one of {', '.join(LOSSES)})")
     if binary != name.startswith(("bce", "dice")):
         kind = "binary" if binary else "multi-class"
         raise OptionError(f"loss {name!r} does not fit a {kind} model")
     parts = LOSSES[name]
+    weights = None if class_weights is None else torch.tensor(list(class_weights), dtype=torch.float32)
 
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return sum((part(logits, labels) for part in parts), torch.zeros((), device=logits.device))
+        return sum((part(logits, labels, weights) for part in parts), torch.zeros((), device=logits.device))
 
     return loss

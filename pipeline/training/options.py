@@ -62,6 +62,7 @@ class TrainOptions:
     elastic_grid: int = 3
     # optimisation
     loss: str | None = None
+    class_weights: str | tuple[float, ...] | None = None  # "balanced" or one weight per class (cross-entropy)
     lr: float = 1e-3
     weight_decay: float = 1e-4
     schedule: str = "cosine"
@@ -109,6 +110,19 @@ class TrainOptions:
             raise OptionError(f"lr must be positive, got {self.lr!r}")
         if not isinstance(self.oversample, (int, float)) or not 0 <= self.oversample <= 1:
             raise OptionError(f"oversample must be a fraction between 0 and 1, got {self.oversample!r}")
+        if self.class_weights is not None and self.class_weights != "balanced":
+            weights = self.class_weights
+            if (
+                isinstance(weights, str)
+                or not isinstance(weights, (list, tuple))
+                or len(weights) != len(self.class_names)
+                or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in weights)
+            ):
+                raise OptionError(
+                    f"class_weights must be 'balanced' or {len(self.class_names)} positive numbers (one per class), "
+                    f"got {weights!r}"
+                )
+            object.__setattr__(self, "class_weights", tuple(float(w) for w in weights))
         if self.mask_encoding == "palette" and not self.palette:
             raise OptionError("mask_encoding palette needs a palette: {class name: '#RRGGBB', ...}")
         if self.palette is not None and not isinstance(self.palette, dict):
@@ -165,7 +179,7 @@ def options_from_config(path: str | os.PathLike[str]) -> TrainOptions:
             if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
                 raise OptionError(f"{key} in config {path} must be a path or a list of paths")
             values[key] = tuple(e if os.path.isabs(os.path.expanduser(e)) else str(base / e) for e in entries)
-    for key in ("class_names", "bands"):
+    for key in ("class_names", "bands", "class_weights"):
         if isinstance(values.get(key), list):
             values[key] = tuple(values[key])
     return TrainOptions().updated(**values)
