@@ -1,6 +1,6 @@
 """Aerial Dubai, six classes from colour masks: train, predict the held-out images, print per-class IoU.
 
-    nice -n 10 python -m benchmarks.aerial_dubai [--out /tmp/tilewise-dubai] [--epochs 10] [--steps-per-epoch 25]
+    nice -n 10 python -m benchmarks.aerial_dubai [--out /tmp/tilewise-dubai] [--epochs 20] [--steps-per-epoch 25]
 
 Trains with ``configs/aerial_dubai.yaml`` (parts 1-7 of Tiles 1 and 2), then segments parts 8-9 of both tiles
 with ``predict`` (labels, overlap 0.5) and scores them against their masks (decoded through the same palette):

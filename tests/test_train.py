@@ -83,8 +83,9 @@ def test_loss_falls_and_checkpoint_predicts_like_the_in_memory_model(scene, tmp_
         torch.testing.assert_close(saved.model.state_dict()[name], tensor, rtol=0, atol=0)
 
     from_file, in_memory = tmp_path / "file.tif", tmp_path / "memory.tif"
-    predict(image, from_file, report.checkpoint, output_kind="probs", chunk=96)
-    predict(image, in_memory, report.model, output_kind="probs", chunk=96)
+    argv = ["predict", image, from_file, "--model", report.checkpoint, "--output-kind", "probs", "--chunk", "96"]
+    assert main([str(a) for a in argv]) == 0  # the checkpoint file through `tilewise predict`
+    predict(image, in_memory, report.model, output_kind="probs", chunk=96)  # the trained model, in memory
     with rasterio.open(from_file) as a, rasterio.open(in_memory) as b:
         np.testing.assert_array_equal(a.read(), b.read())
 

@@ -22,6 +22,8 @@ from .masks import IGNORE, MaskEncoding, expand_palette
 
 #: Rows/cols read at a time by the survey pass.
 SURVEY_BLOCK = 1024
+#: A 0/255 mask whose largest value is below this is taken for a 0/1 mask (an error, not all background).
+BINARY_MIN_MAX = 64
 
 
 @dataclass
@@ -152,18 +154,13 @@ def survey(pairs: Sequence[Pair], cell: int, class_names: Sequence[str]) -> Surv
     return Survey(normalization, class_counts, cell, cell_counts)
 
 
-#: A 0/255 mask whose largest value is below this is taken for a 0/1 mask (an error, not all background).
-BINARY_MIN_MAX = 64
-
-
 def _count_cells(labels: np.ndarray, counts: np.ndarray, cy0: int, cx0: int, cell: int, classes: int) -> None:
+    """Add the labelled pixels of a block whose top-left cell is (cy0, cx0) to ``counts`` (cells_y, cells_x, k)."""
     h, w = labels.shape
-    cy = np.arange(h)[:, None] // cell + cy0
-    cx = np.arange(w)[None, :] // cell + cx0
+    cy = np.broadcast_to(np.arange(h)[:, None] // cell + cy0, labels.shape)
+    cx = np.broadcast_to(np.arange(w)[None, :] // cell + cx0, labels.shape)
     keep = labels != IGNORE
-    flat = (np.broadcast_to(cy, labels.shape)[keep] * counts.shape[1] + np.broadcast_to(cx, labels.shape)[keep]) * (
-        classes
-    ) + labels[keep]
+    flat = (cy[keep] * counts.shape[1] + cx[keep]) * classes + labels[keep]
     counts += np.bincount(flat, minlength=counts.size).reshape(counts.shape)
 
 
@@ -190,7 +187,8 @@ class TileSampler:
             self._cells[int(k)] = (where, flat[where] / flat[where].sum())
 
     def sample(self, rng: np.random.Generator) -> tuple[int, int, int]:
-        """(pair index, row, col) of a tile's top-left corner (may be < 0 or overhang for a small raster)."""
+        """(pair index, row, col) of a tile's top-left corner (0 along an axis shorter than the tile, which
+        ``read_tile`` pads)."""
         if self.oversample > 0 and rng.random() < self.oversample:
             k = int(rng.choice(self.present))
             where, weights = self._cells[k]
