@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("input")
     i.add_argument("--model", help="checkpoint whose tile size, bands and classes to plan with")
     _add_plan_options(i)
+    _add_train_parser(sub, common)
     return parser
 
 
@@ -193,12 +194,111 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- train -------------------------------------------------------------------------------------------------
+
+
+def _ignore_value(text: str) -> int | str:
+    """A raw mask value (255) or a colour (#9B9B9B) for palette masks."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _class_weights(text: str) -> str | tuple[float, ...]:
+    if text == "balanced":
+        return text
+    try:
+        return tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'balanced' or weights like 1,2.5, got {text!r}") from None
+
+
+def _add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    t = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train a U-Net on image/mask rasters",
+        description="Train a U-Net on image/mask rasters; the best epoch is saved as a checkpoint for predict.",
+    )
+    t.add_argument("--config", help="YAML config (its train: section); flags override it")
+    t.add_argument("--images", nargs="+", help="training image rasters (globs and {0..24} ranges allowed)")
+    t.add_argument("--masks", nargs="+", help="their masks, in the same order")
+    t.add_argument("--val-images", nargs="+", help="validation images (default: validate on the training set)")
+    t.add_argument("--val-masks", nargs="+", help="validation masks")
+    t.add_argument("--out", help="checkpoint to write (metrics CSV, curves PNG and resume file go beside it)")
+    t.add_argument("--bands", type=_bands, help="1-based image bands, e.g. 4,3,2 (default: all)")
+    t.add_argument("--class-names", nargs="+", help="class names (two for a binary model, background first)")
+    t.add_argument("--mask-encoding", help="ids (default), binary (0/255) or palette (colours; palette in config)")
+    t.add_argument("--ignore-value", type=_ignore_value, help="mask value (or #RRGGBB) of unlabelled pixels")
+    t.add_argument("--base-width", type=int, help="U-Net channels at the first level (default 16)")
+    t.add_argument("--depth", type=int, help="U-Net poolings (default 4)")
+    t.add_argument("--tile", type=int, help="training tile size in pixels (default 256)")
+    t.add_argument("--batch-size", type=int, help="tiles per step (default 4)")
+    t.add_argument("--epochs", type=int, help="epochs (default 20)")
+    t.add_argument("--steps-per-epoch", type=int, help="optimiser steps per epoch (default 50)")
+    t.add_argument("--oversample", type=float, help="share of tiles centred on a randomly drawn class (0-1)")
+    t.add_argument("--elastic", action=argparse.BooleanOptionalAction, default=None, help="elastic deformation")
+    t.add_argument("--loss", help="bce, dice, bce+dice (binary); ce, ce+dice (multi-class)")
+    t.add_argument("--class-weights", type=_class_weights, help="cross-entropy class weights: balanced or 1,2.5")
+    t.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    t.add_argument("--schedule", help="cosine (default) or onecycle")
+    t.add_argument("--seed", type=int, help="random seed (default 0)")
+    t.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    t.add_argument("--amp", help="mixed precision on CUDA: auto (default), on or off")
+    t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    t.add_argument("--resume", action="store_true", default=None, help="continue from the resume file beside --out")
+    t.add_argument("--overwrite", action="store_true", default=None, help="replace an existing checkpoint")
+    t.add_argument("--plot", action=argparse.BooleanOptionalAction, default=None, help="learning-curve PNG")
+    t.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
+
+
+def _print_epoch(row: dict[str, Any]) -> None:
+    print(
+        f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+        f"val Dice {row['val_dice']:.4f}, IoU {row['val_iou']:.4f}, pixel error {row['val_pixel_error']:.4f} "
+        f"({row['seconds']:.1f} s)",
+        file=sys.stderr,
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training import TrainOptions, options_from_config, train
+
+    options = options_from_config(args.config) if args.config else TrainOptions()
+    flags = {k: v for k, v in vars(args).items() if k not in {"command", "debug", "config"} and v is not None}
+    if "progress" not in flags:
+        flags["progress"] = sys.stderr.isatty()
+    report = train(options.updated(**flags), on_epoch=_print_epoch)
+    scores = report.scores
+    best = (
+        f"best epoch {report.best_epoch} of {report.epochs}: val Dice {scores.mean_dice:.4f}, IoU "
+        f"{scores.mean_iou:.4f}, pixel error {scores.pixel_error:.4f}"
+        if scores
+        else "no epoch run"
+    )
+    extras = ", ".join(str(p) for p in (report.metrics, report.curves) if p is not None)
+    print(
+        f"wrote {report.checkpoint} ({best}); {extras}; {report.seconds:.1f} s "
+        f"({report.cpu_seconds / 60:.1f} CPU-min) on {report.device}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "predict":
             return _cmd_predict(args)
+        if args.command == "train":
+            return _cmd_train(args)
         return _cmd_info(args)
     except OptionError as exc:
         if args.debug:

@@ -1,1 +1,1 @@
-"""Generated sample data: a synthetic satellite-like scene with ground truth, and the demo model."""
+"""Sample data: a synthetic satellite-like scene with ground truth, and the trained demo model."""

@@ -1,6 +1,6 @@
-"""Write the sample scene (and its ground truth) as GeoTIFFs, window by window, and a demo checkpoint.
+"""Write the sample scene (and its ground truth) as GeoTIFFs, window by window.
 
-python -m sample_data.generate                  # sample_data/generated/scene.tif, truth.tif, demo model
+python -m sample_data.generate                  # sample_data/generated/scene.tif, truth.tif
 python -m sample_data.generate --size 8192 --out /tmp/big
 """
 
@@ -73,26 +73,6 @@ def write_scene(
                 truth_ds.close()
 
 
-def write_untrained_model(path: Path) -> Path:
-    """A small randomly initialised U-Net checkpoint for the scene (3 bands, binary, 256-px tiles)."""
-    import torch
-
-    from pipeline import ModelCard, UNetConfig, build_model, save_checkpoint
-    from tiling import Normalization
-
-    torch.manual_seed(0)
-    config = UNetConfig(in_channels=3, classes=1, base_width=8, depth=4)
-    card = ModelCard(
-        config,
-        Normalization((128.0,) * 3, (64.0,) * 3),
-        ("background", "building"),
-        tile_size=256,
-        band_names=("red", "green", "blue"),
-        info={"trained": False},
-    )
-    return save_checkpoint(path, build_model(config), card)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for scene.tif and truth.tif")
@@ -102,8 +82,6 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_scene(args.out / "scene.tif", args.out / "truth.tif", args.size, args.size, args.seed, nodata_corner=True)
     print(f"wrote {args.out / 'scene.tif'} and {args.out / 'truth.tif'} ({args.size} x {args.size})")
-    model = write_untrained_model(args.out / "demo_model.safetensors")
-    print(f"wrote {model}: a RANDOMLY INITIALISED U-Net (no trained demo model yet), so its mask is noise")
 
 
 if __name__ == "__main__":
