@@ -40,7 +40,7 @@ PALETTE = [
 ]
 
 
-def _profile(layer: Layer, info: RasterInfo) -> dict[str, object]:
+def _profile(layer: Layer, info: RasterInfo, intermediate: bool) -> dict[str, object]:
     profile: dict[str, object] = {
         "driver": "GTiff",
         "width": info.width,
@@ -55,6 +55,8 @@ def _profile(layer: Layer, info: RasterInfo) -> dict[str, object]:
         "predictor": 3 if layer.dtype == "float32" else 2,
         "BIGTIFF": "IF_SAFER",
     }
+    if intermediate:  # read once by the COG copy, then deleted: compress fast
+        profile.update(compress="zstd", zstd_level=1)
     if info.crs:
         profile["crs"] = info.crs
     if info.transform:
@@ -72,7 +74,7 @@ def write_geotiff(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(level0, "w", **_profile(layer, info)) as dst:
+            with rasterio.open(level0, "w", **_profile(layer, info, intermediate=cog)) as dst:
                 for band, name in enumerate(layer.band_names, start=1):
                     dst.set_band_description(band, name)
                 dst.update_tags(class_names=",".join(class_names), software="tilewise")
@@ -97,6 +99,7 @@ def write_geotiff(
                     blocksize=COG_BLOCK,
                     overview_resampling="nearest" if layer.name == "labels" else "average",
                     BIGTIFF="IF_SAFER",
+                    num_threads="ALL_CPUS",
                 )
                 level0.unlink()
     except RasterioError as exc:
