@@ -111,6 +111,7 @@ def main() -> None:
 
     from benchmarks.predict import _pointwise_checkpoint
     from pipeline import predict
+    from pipeline.cluster import local_cluster
 
     scene = _scene(args.workdir, args.size)
     unet = _default_checkpoint(args.workdir)
@@ -123,7 +124,7 @@ def main() -> None:
         point = _pointwise_checkpoint()
         save_checkpoint(pointwise_path, UNet(point.card.model), point.card)
     results = {}
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
+    with local_cluster(2) as c:  # as --cluster local:2 starts it, kept for all runs
         with distributed.Client(c) as client:
             overhead = per_task_overhead(client)
             sim = simulated_graph(200_000, unet, args.workdir, client)

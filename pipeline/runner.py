@@ -237,11 +237,24 @@ class ModelRunner:
 def cpu_threads(workers: int) -> Iterator[None]:
     """Give each of ``workers`` concurrent forward passes an equal share of the CPU cores for a run."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    set_torch_threads(max(1, available_cores() // workers))
     try:
         yield
     finally:
-        torch.set_num_threads(previous)
+        set_torch_threads(previous)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity under SLURM, taskset or a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def set_torch_threads(threads: int) -> None:
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 #: Checkpoints loaded by this process (a cluster test checks each worker loads its model once).

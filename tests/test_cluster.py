@@ -148,3 +148,28 @@ def test_work_store_at_an_fsspec_url_shared_by_the_workers(files, cluster) -> No
         **{**OPTIONS, "output_kind": "labels"},
     )
     assert cog.exists() and list(work.iterdir()) == []
+
+
+def test_workers_share_their_hosts_cores_between_torch_threads(cluster) -> None:
+    from distributed.comm import get_address_host
+
+    from pipeline.cluster import _torch_threads_plugin, share_cores
+    from pipeline.runner import available_cores
+
+    def torch_threads() -> int:
+        return __import__("torch").get_num_threads()
+
+    with distributed.Client(cluster) as client:
+        hosts = {get_address_host(a) for a in client.nthreads()}
+        client.register_plugin(_torch_threads_plugin(dict.fromkeys(hosts, 1)))  # as if each worker had its host
+        assert set(client.run(torch_threads).values()) == {available_cores()}
+        share_cores(client)  # two single-threaded workers on this host
+        assert set(client.run(torch_threads).values()) == {max(1, available_cores() // 2)}
+
+
+def test_local_workers_keep_glibcs_adaptive_mmap_threshold() -> None:
+    from pipeline.cluster import local_cluster
+
+    with local_cluster(1) as c, distributed.Client(c) as client:
+        env = client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "GDAL_CACHEMAX")})
+    assert list(env.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "GDAL_CACHEMAX": "64"}]
