@@ -61,6 +61,34 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
+#: glibc ``mallopt`` parameters and the values a run sets (see ``keep_freed_memory``).
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+MMAP_THRESHOLD = 256 * 2**20
+TRIM_THRESHOLD = 1024 * 2**20
+TOP_PAD = 256 * 2**20
+
+
+@functools.cache
+def keep_freed_memory() -> None:
+    """Let glibc reuse freed memory instead of unmapping it after every forward pass (once per process).
+
+    By default an allocation above a sliding threshold (at most 32 MiB) gets its own ``mmap`` and a freed heap
+    top is trimmed, so a CPU forward pass faults its activations in anew each time: on the 4096² model-bound
+    benchmark 2.5 M page faults, 8 s of system time in a 27 s run (0.4 M and 1.8 s in 23 s with these values).
+    Larger thresholds keep that memory in the heaps for the next batch; ``release_free_memory`` still hands it
+    back once per written chunk. glibc only; elsewhere a no-op.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        return
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        mallopt(M_TOP_PAD, TOP_PAD)
+
+
 def release_free_memory() -> None:
     """Hand memory freed by the C allocator back to the OS (glibc only; elsewhere a no-op).
 

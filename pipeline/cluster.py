@@ -18,13 +18,13 @@ from typing import Any
 
 from tiling.errors import OptionError, TilewiseError
 
-#: Memory-light defaults for worker processes: GDAL's block cache, the allocator arenas.
-WORKER_ENV = {"GDAL_CACHEMAX": "64", "MALLOC_ARENA_MAX": "2"}
-#: Variables Dask's nanny sets in every worker that tilewise's local workers go without. A fixed
-#: MALLOC_TRIM_THRESHOLD_ (Dask sets 64 KiB) turns off glibc's adaptive mmap threshold, so every activation of a
-#: CPU forward pass is a fresh mmap with its pages faulted in: a 256² U-Net forward took 0.18 s instead of 0.11 s.
-#: Chunks are trimmed explicitly once written (``budget.release_free_memory``), so memory still goes back to the OS.
-UNSET_NANNY_ENV = ("MALLOC_TRIM_THRESHOLD_",)
+#: Environment of local worker processes: GDAL's block cache (read when GDAL is first used).
+WORKER_ENV = {"GDAL_CACHEMAX": "64"}
+#: glibc reads its variables when the process starts, so these go in before the nanny spawns a worker: two
+#: allocator arenas instead of eight per core, and not Dask's MALLOC_TRIM_THRESHOLD_=65536, which turns off
+#: glibc's adaptive mmap threshold (every activation of a CPU forward pass a fresh mmap: a 256² U-Net forward
+#: took 0.18 s instead of 0.11 s). The model tasks also set the thresholds themselves (``keep_freed_memory``).
+PRE_SPAWN_ENV: dict[str, str | None] = {"MALLOC_ARENA_MAX": "2", "MALLOC_TRIM_THRESHOLD_": None}
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,10 @@ class SchedulerChoice:
 def _torch_threads_plugin(threads_per_host: dict[str, int]) -> Any:
     """A worker plugin giving each worker thread's forward passes an equal share of its host's cores.
 
-    Dask's nanny pins workers to one OpenMP thread (``OMP_NUM_THREADS=1``), which starves a host that runs one
-    worker thread per GPU-less node, while a worker started without a nanny takes every core and oversubscribes
-    a host running several. ``threads_per_host`` is the number of Dask worker threads per host when the run
-    starts.
+    Dask's nanny pins workers to one OpenMP thread (``OMP_NUM_THREADS=1``), which leaves cores idle on a host
+    with fewer worker threads than cores, while a worker started without a nanny takes every core and
+    oversubscribes a host running several. ``threads_per_host`` counts the Dask worker threads on each host when
+    the run starts.
     """
     from distributed import WorkerPlugin
     from distributed.comm import get_address_host
@@ -113,12 +113,13 @@ def local_cluster(workers: int) -> Any:
     import dask
     from distributed import LocalCluster
 
-    unset = {f"distributed.nanny.pre-spawn-environ.{name}": None for name in UNSET_NANNY_ENV}
+    pre_spawn = {f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in PRE_SPAWN_ENV.items()}
     # A nanny copies its variables into this process's environment for good, and workers (restarted ones too)
     # inherit it: one started earlier with Dask's defaults would hand them down anyway.
-    for name in UNSET_NANNY_ENV:
-        os.environ.pop(name, None)
-    with dask.config.set(unset):  # read by the nannies as they start, in this process
+    for name, value in PRE_SPAWN_ENV.items():
+        if value is None:
+            os.environ.pop(name, None)
+    with dask.config.set(pre_spawn):  # read by the nannies as they start, in this process
         return LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", env=WORKER_ENV
         )

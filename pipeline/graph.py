@@ -22,7 +22,7 @@ from tiling.plan import ChunkPlan, Span
 from tiling.readers.base import RasterReader
 from tiling.windows import window_2d
 
-from .budget import release_free_memory
+from .budget import keep_freed_memory, release_free_memory
 from .runner import ModelSpec, get_runner
 
 ChunkIndex = tuple[int, int]
@@ -159,6 +159,7 @@ def infer_chunk(reader: RasterReader, job: TileJob, task: ChunkTask, _after: obj
     runnable = [o for o in local if tile_is_valid(selected, o[0], o[1], tile, job.min_valid_fraction)]
     accumulator = Accumulator(rows, cols, job.classes, _weight(job.blend, tile, job.sigma))
     if runnable:
+        keep_freed_memory()
         runner = get_runner(job.model)
         mask = None if valid.all() else valid
         for batch_origins, probs in runner.run(image, mask, runnable, tile, job.normalization):

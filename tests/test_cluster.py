@@ -171,5 +171,6 @@ def test_local_workers_keep_glibcs_adaptive_mmap_threshold() -> None:
     from pipeline.cluster import local_cluster
 
     with local_cluster(1) as c, distributed.Client(c) as client:
-        env = client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "GDAL_CACHEMAX")})
-    assert list(env.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "GDAL_CACHEMAX": "64"}]
+        names = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX", "GDAL_CACHEMAX")
+        env = client.run(lambda: {k: os.environ.get(k) for k in names})
+    assert list(env.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "MALLOC_ARENA_MAX": "2", "GDAL_CACHEMAX": "64"}]
