@@ -53,10 +53,11 @@ def available_memory_fraction(fraction: float) -> int:
 
 
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
+def _libc_function(name: str) -> Callable[..., int] | None:
+    """A glibc function by name (None on a C library without it, e.g. macOS's)."""
+    library = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
+        return getattr(ctypes.CDLL(library), name) if library else None
     except (OSError, AttributeError):
         return None
 
@@ -78,11 +79,7 @@ def keep_freed_memory() -> None:
     Larger thresholds keep that memory in the heaps for the next batch; ``release_free_memory`` still hands it
     back once per written chunk. glibc only; elsewhere a no-op.
     """
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        return
+    mallopt = _libc_function("mallopt")
     if mallopt is not None:
         mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
@@ -96,7 +93,7 @@ def release_free_memory() -> None:
     creeps up with the number of chunks processed (with the raster's size) although live data does not.
     Called after each chunk is written; it costs well under a millisecond.
     """
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim")
     if trim is not None:
         trim(0)
 

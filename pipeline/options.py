@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from tiling.errors import OptionError
 from tiling.masking import TISSUE_CHANNELS
@@ -15,9 +15,29 @@ from tiling.writers.formats import FORMATS
 from .devices import PRECISIONS
 from .runner import TTA_MODES
 
+_Options = TypeVar("_Options", bound="UpdatableOptions")
+
+
+class UpdatableOptions:
+    """``names`` and ``updated`` for a frozen dataclass of options (predict's, train's)."""
+
+    #: What an unknown name is called in its error ("option", "training option").
+    option_word = "option"
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]  # type: ignore[arg-type]
+
+    def updated(self: _Options, **changes: Any) -> _Options:
+        """A copy with ``changes`` applied (unknown names are an error; ``None`` values are ignored)."""
+        unknown = sorted(set(changes) - set(self.names()))
+        if unknown:
+            raise OptionError(f"unknown {self.option_word}(s) {', '.join(unknown)}")
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[type-var]
+
 
 @dataclass(frozen=True)
-class PredictOptions:
+class PredictOptions(UpdatableOptions):
     """Everything ``predict`` can be told; ``None`` means "from the checkpoint" or "planned"."""
 
     tile: int | None = None
@@ -117,17 +137,6 @@ class PredictOptions:
             object.__setattr__(self, "vector_classes", tuple(classes))
         if self.vector and self.output_kind == "probs":
             raise OptionError("vector polygons are made from the label map: use output_kind labels or both")
-
-    @classmethod
-    def names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    def updated(self, **changes: Any) -> PredictOptions:
-        """A copy with ``changes`` applied (unknown names are an error; ``None`` values are ignored)."""
-        unknown = sorted(set(changes) - set(self.names()))
-        if unknown:
-            raise OptionError(f"unknown option(s) {', '.join(unknown)}")
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 def _positive_int(value: Any, name: str) -> None:

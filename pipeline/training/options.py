@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ from tiling.errors import OptionError
 
 from ..config import load_config
 from ..model import UPSAMPLING
+from ..options import UpdatableOptions
 
 MASK_ENCODINGS = ("ids", "binary", "palette")
 BINARY_LOSSES = ("bce", "dice", "bce+dice")
@@ -20,7 +21,7 @@ AMP_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
-class TrainOptions:
+class TrainOptions(UpdatableOptions):
     """Everything ``train`` can be told.
 
     Data: ``images``/``masks`` (and ``val_images``/``val_masks``) are lists of raster paths paired in order;
@@ -29,6 +30,8 @@ class TrainOptions:
     thresholded at 128) or colours (``palette``: ``{class name: "#RRGGBB"}``); ``ignore_value`` is a raw mask
     value (or a colour for palettes) whose pixels add nothing to the loss or the metrics.
     """
+
+    option_word = "training option"
 
     images: tuple[str, ...] = ()
     masks: tuple[str, ...] = ()
@@ -136,17 +139,6 @@ class TrainOptions:
     @property
     def loss_name(self) -> str:
         return self.loss or ("bce+dice" if self.binary else "ce+dice")
-
-    @classmethod
-    def names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    def updated(self, **changes: Any) -> TrainOptions:
-        """A copy with ``changes`` applied (unknown names are an error; ``None`` values are ignored)."""
-        unknown = sorted(set(changes) - set(self.names()))
-        if unknown:
-            raise OptionError(f"unknown training option(s) {', '.join(unknown)}")
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 def _positive_int(value: Any, name: str) -> None:
