@@ -27,7 +27,7 @@ from .location import StoreLocation
 from .ome_tiff import write_ome_tiff
 from .ome_zarr import array_paths, ensure_labels_group, image_metadata, label_metadata, labels_target, register_label
 from .pyramid import build_level, build_nearest_level, level_shapes
-from .workstore import COMPRESSORS, WorkStore
+from .workstore import ARRAY_CONFIG, COMPRESSORS, WorkStore
 
 __all__ = ["FORMATS", "OutputSpec", "RunOutput", "StoreLocation", "check_outputs", "output_format", "output_paths"]
 
@@ -167,6 +167,7 @@ class RunOutput:
             dtype=source.dtype,
             fill_value=layer.nodata,
             compressors=COMPRESSORS,
+            config=ARRAY_CONFIG,
             dimension_names=source.metadata.dimension_names,
         )
         build_level(source, target, labels=layer.name == "labels", nodata=layer.nodata)
@@ -185,6 +186,7 @@ class RunOutput:
                 dtype=previous.dtype,
                 fill_value=layer.nodata,
                 compressors=COMPRESSORS,
+                config=ARRAY_CONFIG,
                 dimension_names=("y", "x"),
             )
             build_nearest_level(previous, target)

@@ -27,6 +27,10 @@ RUN_KEY = "tilewise_run"
 DONE = "done"
 #: Fast compression: the store is written once and read once, most often on local disk.
 COMPRESSORS = (BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),)
+#: Write every chunk as it comes. By default zarr first compares a chunk with the fill value to skip writing it
+#: when empty, with ``np.array_equal`` against a broadcast copy: 20 ms of a 25 ms write of a 1792² uint8 chunk.
+#: An empty chunk compresses to a few hundred bytes anyway.
+ARRAY_CONFIG = {"write_empty_chunks": True}
 
 
 def _layer_shape(layer: Layer, info: RasterInfo) -> tuple[int, ...]:
@@ -42,6 +46,8 @@ class WorkStore:
         #: Where each layer's level-0 array sits in the group (format-specific: OME-Zarr wants NGFF paths).
         self.paths = paths
         self._group: zarr.Group | None = None
+        #: Arrays by path, opened once per process (opening one reads its metadata from the store).
+        self._arrays: dict[str, zarr.Array] = {}
 
     @property
     def group(self) -> zarr.Group:
@@ -50,7 +56,7 @@ class WorkStore:
         return self._group
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"location": self.location, "layers": self.layers, "paths": self.paths, "_group": None}
+        return {"location": self.location, "layers": self.layers, "paths": self.paths, "_group": None, "_arrays": {}}
 
     @classmethod
     def create(
@@ -78,6 +84,7 @@ class WorkStore:
                     dtype=layer.dtype,
                     fill_value=layer.nodata,
                     compressors=COMPRESSORS,
+                    config=ARRAY_CONFIG,
                     dimension_names=("y", "x") if two_d else ("band", "y", "x"),
                     attributes={
                         "nodata": None if np.isnan(layer.nodata) else layer.nodata,
@@ -122,20 +129,30 @@ class WorkStore:
                 array[ys, xs] = data[0]
             else:
                 array[:, ys, xs] = data
-        self.group[DONE][index] = 1
+        self._array(DONE)[index] = 1
 
     def done_chunks(self) -> set[tuple[int, int]]:
-        flags = self.group[DONE][:]
+        flags = self._array(DONE)[:]
         return {(int(i), int(j)) for i, j in np.argwhere(flags == 1)}
 
     def array(self, layer: str) -> zarr.Array:
         """The level-0 array of ``layer``."""
-        return self.group[self.paths[layer]]
+        return self._array(self.paths[layer])
+
+    def _array(self, path: str) -> zarr.Array:
+        array = self._arrays.get(path)
+        if array is None:
+            node = self.group[path]
+            assert isinstance(node, zarr.Array)
+            # Runtime settings are not stored with the array: a reopened array needs them again.
+            array = self._arrays[path] = node.with_config(ARRAY_CONFIG)
+        return array
 
     def seal(self, attributes: dict[str, Any]) -> None:
         """Turn the store into a finished Zarr output: drop the run record and done flags, set ``attributes``."""
         group = self.group
         del group[DONE]
+        self._arrays.pop(DONE, None)
         attrs = dict(group.attrs)
         attrs.pop(RUN_KEY, None)
         attrs.update(attributes)
