@@ -161,7 +161,8 @@ def balanced_first(sizes: list[int], grid: TileGrid, workers: int) -> list[int]:
     """Candidate chunk sizes, largest first, but starting at the largest that gives every worker
     ``CHUNKS_PER_WORKER`` chunks when that costs less than halving the default.
 
-    With few chunks per worker the run ends with idle workers waiting for the last, unevenly sized chunks.
+    With few chunks per worker a model-bound run ends with idle workers waiting for the last, unevenly sized
+    chunks (at 4096² with 2048-px chunks, 2 workers: 231 tiles on one, 210 on the other).
     """
     floor = sizes[0] // 2
     for i, size in enumerate(sizes):
@@ -181,12 +182,15 @@ def plan_resources(
     workers: int | None = None,
     baseline: int | None = None,
     worker_bytes: int = 0,
+    balance: bool = True,
 ) -> ResourcePlan:
     """Pick the chunk size and chunks in flight that fit ``memory_limit`` (bytes for the whole process).
 
     ``model_bytes`` is what the model holds once (weights; on a GPU its host-side buffers); ``worker_bytes``
     what each worker needs besides its chunk (on a CPU, the activations of its batches); ``baseline`` the
-    memory the process already holds (defaults to its current resident size).
+    memory the process already holds (defaults to its current resident size). ``balance``: the model's work
+    sets the run's length, so chunks are made small enough to share it evenly among the workers
+    (``balanced_first``); otherwise reading, blending and writing do, and fewer, larger chunks cost less.
     """
     limit = memory_limit if memory_limit is not None else available_memory_fraction(DEFAULT_FRACTION)
     base = process_memory() if baseline is None else baseline
@@ -196,7 +200,8 @@ def plan_resources(
         sizes = [chunk]
     else:
         sizes = list(range(default_chunk(grid.tile), CHUNK_QUANTUM - 1, -CHUNK_QUANTUM))
-        sizes = balanced_first(sizes, grid, workers or cpus)
+        if balance:
+            sizes = balanced_first(sizes, grid, workers or cpus)
     # First the largest chunk that keeps every worker busy (not below 512 px just for parallelism), then the
     # largest that fits at all with fewer workers.
     for full_parallelism in (True, False):

@@ -8,6 +8,7 @@ sigmoid logit); more classes use softmax.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -145,3 +146,24 @@ def parameter_bytes(config: UNetConfig) -> int:
     """Bytes of a model's float32 weights (counted on the meta device: nothing is allocated)."""
     with torch.device("meta"):
         return 4 * sum(p.numel() for p in UNet(config).parameters())
+
+
+@functools.cache
+def macs_per_pixel(config: UNetConfig) -> float:
+    """Multiply-adds of one forward pass per input pixel (counted on the meta device: nothing is computed)."""
+    tile = config.size_multiple * 4
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        # A transposed conv applies its whole kernel at every input pixel, a conv at every output pixel.
+        at = inputs[0] if isinstance(module, nn.ConvTranspose2d) else output
+        total += module.weight.numel() * at.shape[-2] * at.shape[-1]
+
+    with torch.device("meta"):
+        model = UNet(config)
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                module.register_forward_hook(count)
+        model(torch.empty(1, config.in_channels, tile, tile))
+    return total / tile**2

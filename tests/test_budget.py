@@ -52,3 +52,20 @@ def test_chunk_and_memory_do_not_depend_on_the_raster_size() -> None:
 def test_an_impossible_budget_is_refused_with_what_it_needs() -> None:
     with pytest.raises(OptionError, match=r"too small.*needs at least"):
         plan(10_000, 10_000, 350)
+
+
+def test_a_model_bound_run_gets_enough_chunks_to_share_among_workers() -> None:
+    # 4096² with 2 workers: 2048-px chunks give 4 chunks of unequal tile counts; 1792 px gives 9.
+    balanced, large = plan(4096, 4096, 16_000, workers=2), plan(4096, 4096, 16_000, workers=2, balance=False)
+    assert (balanced.chunk, large.chunk) == (1792, 2048)
+
+
+def test_multiply_adds_per_pixel_count_every_conv_at_its_resolution() -> None:
+    from pipeline.model import UNetConfig, macs_per_pixel
+    from pipeline.predict import MODEL_BOUND_MACS_PER_PIXEL
+
+    # Base width 1, depth 1: 3→1, 1→1 (3×3) at full size; 1→2, 2→2 at a quarter of the pixels; a 2→1 2×2
+    # transposed conv at each of those; 2→1, 1→1 (3×3) and the 1→1 head at full size.
+    expected = (27 + 9) + (18 + 36) / 4 + 8 / 4 + (18 + 9) + 1
+    assert macs_per_pixel(UNetConfig(3, 1, base_width=1, depth=1)) == expected < MODEL_BOUND_MACS_PER_PIXEL
+    assert macs_per_pixel(UNetConfig(3, 1, base_width=4, depth=2)) > MODEL_BOUND_MACS_PER_PIXEL
