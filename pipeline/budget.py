@@ -162,7 +162,7 @@ def balanced_first(sizes: list[int], grid: TileGrid, workers: int) -> list[int]:
     ``CHUNKS_PER_WORKER`` chunks when that costs less than halving the default.
 
     With few chunks per worker a model-bound run ends with idle workers waiting for the last, unevenly sized
-    chunks (at 4096² with 2048-px chunks, 2 workers: 231 tiles on one, 210 on the other).
+    chunks (at 4096², 2048-px chunks hold 121, 110, 110 and 100 tiles: two workers get about 231 and 210).
     """
     floor = sizes[0] // 2
     for i, size in enumerate(sizes):

@@ -49,7 +49,7 @@ from .options import PredictOptions
 from .products import check_products, write_products
 from .runner import ModelSpec, cpu_threads, get_runner
 
-#: Largest batch tried on a CPU (batch 1 is usually fastest per tile there; more only costs memory).
+#: Largest batch tried on a CPU (a larger batch is a few per cent faster per tile there at most, for more memory).
 CPU_MAX_BATCH = 4
 GPU_MAX_BATCH = 64
 #: Above this a CPU spends several times longer in the model than reading, blending and writing: a U-Net of
