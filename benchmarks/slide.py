@@ -36,6 +36,8 @@ def child(slide: Path, workdir: Path) -> dict[str, float]:
         "tissue_fraction": report.valid_fraction,
         "chunks_unread": report.chunks_unread,
         "chunks": report.chunks,
+        "chunk": report.chunk,
+        "batch": report.batch_size,
     }
 
 
@@ -70,7 +72,8 @@ def main() -> None:
             f"{side}² slide, {figures['tissue_fraction']:.1%} tissue: {figures['seconds']:.1f} s, peak RSS "
             f"{figures['peak_rss_mib']:.0f} MiB, tiles run {figures['tiles_run']} of {figures['tiles_total']} "
             f"({figures['skipped_fraction']:.1%} skipped), chunks not read {figures['chunks_unread']} of "
-            f"{figures['chunks']}, {figures['s_per_tissue_mpx']:.3f} s per tissue megapixel",
+            f"{figures['chunks']}, {figures['s_per_tissue_mpx']:.3f} s per tissue megapixel (chunk "
+            f"{figures['chunk']} px, batch {figures['batch']})",
             flush=True,
         )
     ratio = runs["sparse"]["s_per_tissue_mpx"] / runs["full"]["s_per_tissue_mpx"]
