@@ -91,7 +91,7 @@ def release_free_memory() -> None:
 
     glibc keeps freed chunk-sized arrays in per-thread heaps, where they fragment; without this, peak RSS
     creeps up with the number of chunks processed (with the raster's size) although live data does not.
-    Called after each chunk is written; it costs well under a millisecond.
+    Called after each chunk is written; it costs about 3 ms (26 ms for the 9 chunks of a 4096² run).
     """
     trim = _libc_function("malloc_trim")
     if trim is not None:
