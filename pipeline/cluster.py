@@ -56,7 +56,8 @@ class SchedulerChoice:
 
 
 def _torch_threads_plugin(threads_per_host: dict[str, int]) -> Any:
-    """A worker plugin giving each worker thread's forward passes an equal share of its host's cores.
+    """A worker plugin giving each worker thread's forward passes an equal share of its host's cores (a worker's
+    forward pool runs as many forwards side by side as it has threads).
 
     Dask's nanny pins workers to one OpenMP thread (``OMP_NUM_THREADS=1``), which leaves cores idle on a host
     with fewer worker threads than cores, while a worker started without a nanny takes every core and
@@ -70,10 +71,11 @@ def _torch_threads_plugin(threads_per_host: dict[str, int]) -> Any:
         name = "tilewise-torch-threads"
 
         def setup(self, worker: Any) -> None:
-            from .runner import available_cores, set_torch_threads
+            from .runner import available_cores, set_forward_threads, set_torch_threads
 
             sharing = threads_per_host.get(get_address_host(worker.address), worker.state.nthreads)
             set_torch_threads(max(1, available_cores() // max(1, sharing)))
+            set_forward_threads(worker.state.nthreads)
 
     return TorchThreads()
 

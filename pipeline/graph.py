@@ -117,6 +117,8 @@ class ChunkTask:
     area: MaskCrop | None = None
     #: The chunk itself is already written (a resumed run): run only the tiles that reach into ``spills_to``.
     spill_only: bool = False
+    #: The chunk's position in row-major order: the forward pool runs lower ranks first (see ``ForwardPool``).
+    rank: int = 0
 
 
 def _reaches(y: int, x: int, tile: int, spans: list[tuple[Span, Span]]) -> bool:
@@ -162,7 +164,7 @@ def infer_chunk(reader: RasterReader, job: TileJob, task: ChunkTask, _after: obj
         keep_freed_memory()
         runner = get_runner(job.model)
         mask = None if valid.all() else valid
-        for batch_origins, probs in runner.run(image, mask, runnable, tile, job.normalization):
+        for batch_origins, probs in runner.run(image, mask, runnable, tile, job.normalization, task.rank):
             accumulator.add(probs, [(y + rows.start, x + cols.start) for y, x in batch_origins])
     del image
 
@@ -264,6 +266,7 @@ def build_graph(
             raster_shape=shape,
             area=None if mask is None else mask.crop(*extent),
             spill_only=spill_only,
+            rank=i * n_cols + j,
         )
 
     # Done chunks whose tiles reach into a chunk still to do: they only hand over their spill.

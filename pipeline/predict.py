@@ -113,11 +113,23 @@ def max_batch_size(device: str, opts: PredictOptions) -> int:
 
 
 def plan_memory(
-    grid: TileGrid, model: UNetConfig, bands: int, dtype: str, device: str, opts: PredictOptions
+    grid: TileGrid,
+    model: UNetConfig,
+    bands: int,
+    dtype: str,
+    device: str,
+    opts: PredictOptions,
+    distributed: bool = False,
 ) -> ResourcePlan:
-    """Chunk size and chunks in flight for a run of ``model`` over ``grid`` within the memory limit."""
+    """Chunk size and chunks in flight for a run of ``model`` over ``grid`` within the memory limit.
+
+    Chunks are balanced among workers (``budget.balanced_first``) only where the model's work sets the run's
+    length and the workers are separate processes: threads of one process share their forward passes through
+    the runner's pool, so a thread left with the last chunk is not left alone with it.
+    """
     batch_bytes = max_batch_size(device, opts) * activation_bytes_per_tile(model, grid.tile)
     on_cpu = device == "cpu"
+    model_bound = not device.startswith("cuda") and macs_per_pixel(model) >= MODEL_BOUND_MACS_PER_PIXEL
     return plan_resources(
         grid,
         ChunkCost(bands, model.classes, np.dtype(dtype).itemsize),
@@ -126,7 +138,7 @@ def plan_memory(
         chunk=opts.chunk,
         workers=opts.workers,
         worker_bytes=batch_bytes if on_cpu else 0,  # on a CPU every worker runs its own forward passes
-        balance=on_cpu and macs_per_pixel(model) >= MODEL_BOUND_MACS_PER_PIXEL,
+        balance=distributed and model_bound,
     )
 
 
@@ -154,7 +166,7 @@ def prepare(input: str | os.PathLike[str], model: ModelSource, opts: PredictOpti
             Normalization.from_mapping(opts.normalization, bands) if opts.normalization else card.normalization
         )
         grid = TileGrid(reader.info.height, reader.info.width, tile, overlap)
-        resources = plan_memory(grid, card.model, bands, reader.info.dtype, device, opts)
+        resources = plan_memory(grid, card.model, bands, reader.info.dtype, device, opts, distributed=not here)
         max_batch = max_batch_size(device, opts)
         settings = {
             "device": device,

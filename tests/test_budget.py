@@ -60,6 +60,17 @@ def test_a_model_bound_run_gets_enough_chunks_to_share_among_workers() -> None:
     assert (balanced.chunk, large.chunk) == (1792, 2048)
 
 
+def test_chunks_are_balanced_for_worker_processes_not_for_threads_sharing_a_forward_pool() -> None:
+    from pipeline.model import UNetConfig
+    from pipeline.options import PredictOptions
+    from pipeline.predict import plan_memory
+
+    grid, opts = TileGrid(4096, 4096, 256, 20), PredictOptions(memory_limit="16GB", workers=2)
+    threads = plan_memory(grid, UNetConfig(3, 1), 3, "uint8", "cpu", opts)
+    processes = plan_memory(grid, UNetConfig(3, 1), 3, "uint8", "cpu", opts, distributed=True)
+    assert (threads.chunk, processes.chunk) == (2048, 1792)
+
+
 def test_multiply_adds_per_pixel_count_every_conv_at_its_resolution() -> None:
     from pipeline.model import UNetConfig, macs_per_pixel
     from pipeline.predict import MODEL_BOUND_MACS_PER_PIXEL

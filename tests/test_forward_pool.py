@@ -1,0 +1,121 @@
+"""The CPU forward pool: every caller gets its tiles back in order, each tile runs once, errors reach the caller,
+and the threads share whatever requests are waiting (no thread idles while another has tiles left)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.runner import ForwardPool, TileRequest
+from tiling.normalize import Normalization
+
+NORM = Normalization((0.0,), (1.0,))
+
+
+def _request(origins: list[tuple[int, int]]) -> TileRequest:
+    return TileRequest(np.zeros((1, 8, 8), np.uint8), None, origins, 4, NORM)
+
+
+class Recorder:
+    """A stand-in forward pass: marks each tile with its origin, sleeps a little and records who ran what."""
+
+    def __init__(self, fail_at: tuple[int, int] | None = None, seconds: float = 0.002) -> None:
+        self.fail_at, self.seconds = fail_at, seconds
+        self.calls: list[tuple[int, int, list[tuple[int, int]]]] = []  # (request id, thread, origins)
+        self.lock = threading.Lock()
+
+    def __call__(self, request: TileRequest, origins: list[tuple[int, int]]) -> np.ndarray:
+        with self.lock:
+            self.calls.append((id(request), threading.get_ident(), origins))
+        time.sleep(self.seconds * random.random())
+        if self.fail_at in origins:
+            raise ValueError(f"bad tile {self.fail_at}")
+        return np.array([[[[y * 1000 + x]]] for y, x in origins], np.float32)
+
+
+def _collect(pool: ForwardPool, request: TileRequest, threads: int, out: dict, key: str) -> None:
+    out[key] = [(origins, probs) for origins, probs in pool.run(request, threads)]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_concurrent_callers_get_their_own_tiles_back_in_order_and_each_tile_runs_once(batch: int) -> None:
+    recorder = Recorder()
+    pool = ForwardPool(lambda: batch, recorder)
+    requests = {f"r{k}": _request([(k, x) for x in range(20 + k)]) for k in range(4)}
+    results: dict = {}
+    callers = [threading.Thread(target=_collect, args=(pool, r, 2, results, k)) for k, r in requests.items()]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(timeout=30)
+
+    for key, request in requests.items():
+        origins = [o for batch_origins, _ in results[key] for o in batch_origins]
+        assert origins == list(request.origins)
+        values = np.concatenate([probs.ravel() for _, probs in results[key]])
+        assert values.tolist() == [y * 1000 + x for y, x in request.origins]
+    ran = [o for _, _, origins in recorder.calls for o in origins]
+    assert sorted(ran) == sorted(o for r in requests.values() for o in r.origins)
+
+
+def test_a_lone_request_is_shared_by_every_pool_thread() -> None:
+    recorder = Recorder(seconds=0.02)
+    pool = ForwardPool(lambda: 1, recorder)
+    list(pool.run(_request([(0, x) for x in range(12)]), threads=2))
+    assert len({thread for _, thread, _ in recorder.calls}) == 2
+
+
+@pytest.mark.parametrize(("priorities", "expected"), [((0, 0), "aaaaabbbbb"), ((1, 0), "abbbbbaaaa")])
+def test_the_most_urgent_request_is_served_first_then_the_oldest(priorities: tuple[int, int], expected: str) -> None:
+    gate = threading.Event()
+    recorder = Recorder(seconds=0.0)
+
+    def run_batch(request: TileRequest, origins: list[tuple[int, int]]) -> np.ndarray:
+        gate.wait()  # the thread holds its first batch (of "a") until both requests wait
+        return recorder(request, origins)
+
+    pool = ForwardPool(lambda: 2, run_batch)
+    requests = {
+        name: TileRequest(np.zeros((1, 8, 8), np.uint8), None, [(k, x) for x in range(10)], 4, NORM, priority)
+        for k, (name, priority) in enumerate(zip("ab", priorities, strict=True))
+    }
+    results: dict = {}
+    callers = [threading.Thread(target=_collect, args=(pool, r, 1, results, k)) for k, r in requests.items()]
+    callers[0].start()
+    time.sleep(0.05)
+    callers[1].start()
+    time.sleep(0.05)
+    gate.set()
+    for caller in callers:
+        caller.join(timeout=30)
+    names = {id(r): name for name, r in requests.items()}
+    assert "".join(names[request] for request, _, _ in recorder.calls) == expected
+    assert [o for origins, _ in results["a"] for o in origins] == list(requests["a"].origins)
+
+
+def test_an_error_reaches_its_caller_and_drops_the_rest_of_its_tiles() -> None:
+    recorder = Recorder(fail_at=(0, 2), seconds=0.01)
+    pool = ForwardPool(lambda: 1, recorder)
+    with pytest.raises(ValueError, match=r"bad tile \(0, 2\)"):
+        list(pool.run(_request([(0, x) for x in range(40)]), threads=1))
+    time.sleep(0.1)
+    ran = [o for _, _, origins in recorder.calls for o in origins]
+    assert len(ran) < 40  # the failed request's later tiles were not run
+    # The pool goes on serving other requests.
+    assert [o for origins, _ in pool.run(_request([(5, 5)]), threads=1) for o in origins] == [(5, 5)]
+
+
+def test_a_closed_pool_lets_its_threads_end_and_refuses_more_work() -> None:
+    pool = ForwardPool(lambda: 1, Recorder())
+    assert len(list(pool.run(_request([(0, x) for x in range(4)]), threads=2))) == 4
+    threads = list(pool._threads)
+    pool.close()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in threads)
+    with pytest.raises(RuntimeError, match="closed"):
+        list(pool.run(_request([(0, 0)]), threads=1))
