@@ -4,7 +4,7 @@
 
 For each generated RGB GeoTIFF size, two child processes (so peak RSS is per run):
 - model-bound: the default U-Net; ratio = time of the model alone on the same tiles, laid out as the run lays
-  them out (same threads, same batch size) / end-to-end time (best of 2 alternating runs of each);
+  them out (same threads, same batch size) / end-to-end time (best of 3 alternating runs of each);
 - pipeline-bound: a 1×1-conv model (a GPU that makes the model nearly free); ratio = end-to-end time /
   a plain windowed rasterio copy that reads every band and writes a uint8 map of the same raster (best of 3
   alternating runs of each, in the same process).
@@ -105,9 +105,9 @@ def _model_alone(model, tiles: int, batch: int, workers: int) -> float:
         return time.perf_counter() - began
 
 
-def child_model_bound(scene: Path, workdir: Path, repeats: int = 2) -> dict[str, float]:
+def child_model_bound(scene: Path, workdir: Path, repeats: int = 3) -> dict[str, float]:
     """Best of ``repeats`` for both the run and the model alone, alternating (this machine's timings vary by
-    several per cent from run to run)."""
+    up to 10 % from run to run)."""
     from pipeline import predict
     from pipeline.runner import ModelSpec, get_runner
 

@@ -67,28 +67,35 @@ class BatchSizer:
     """Finds the batch size that is fastest *per tile* by timing real batches of the run.
 
     The largest batch that fits is often not the fastest (on a CPU, batch 1 is often as fast per tile as batch
-    4). All workers run the same candidate at a time, so each is timed under the run's real load (concurrent
-    forwards on a CPU); each candidate gets ``SAMPLES`` timed batches and is scored by their median time per
-    tile. A thread's first batch of a size is not timed: it pays one-off set-up costs and faults in the
-    memory of that size's activations. Exploration stops at the first candidate clearly slower than the best
-    so far. The batches are real tiles of the run, so no tile runs twice. A larger batch must beat a smaller
-    one by ``MARGIN`` to be chosen: it costs memory, and on a CPU its activations are faulted in again after
-    each chunk hands freed memory back (default U-Net, 4096²: batch 4 ran 6 % faster per tile than batch 1
-    on its own but 3 % faster in a run, with 2.5 times the activation memory).
+    4). Candidates are compared in pairs, smallest first: the best so far against the next one, their batches
+    interleaved so both are timed under the same load (this machine's speed drifts by several per cent within
+    seconds, enough to make a candidate timed a few seconds later look 10 % faster). Each gets ``SAMPLES``
+    timed batches and is scored by the median time per tile. A thread's first batch of a size is not timed: it
+    pays one-off set-up costs and faults in the memory of that size's activations. Exploration stops at the
+    first candidate clearly slower than the best so far. The batches are real tiles of the run, so no tile runs
+    twice. A larger batch must beat a smaller one by ``MARGIN`` to be chosen: it costs memory, and on a CPU its
+    activations are faulted in again after each chunk hands freed memory back (default U-Net, 4096²: batch 4
+    ran 6 % faster per tile than batch 1 on its own but 3 % faster in a run, with 2.5 times the memory).
     """
 
     SAMPLES = 4
     MARGIN = 0.10
+    #: A challenger this much slower than the best ends the search (larger batches will not do better).
+    CLEARLY_SLOWER = 1.1
 
     def __init__(self, candidates: Sequence[int]) -> None:
         self.candidates = sorted(set(candidates))
-        self.per_tile: dict[int, list[float]] = {c: [] for c in self.candidates}
-        self._warmed: set[tuple[int, int]] = set()
-        self._current = 0
         self.chosen: int | None = self.candidates[0] if len(self.candidates) == 1 else None
+        self._best = self.candidates[0]
+        self._challenger = 1  # index in ``candidates``
+        self._per_tile: dict[int, list[float]] = {}
+        self._warmed: set[tuple[int, int]] = set()
 
     def next_size(self) -> int:
-        return self.chosen if self.chosen is not None else self.candidates[self._current]
+        if self.chosen is not None:
+            return self.chosen
+        pair = (self._best, self.candidates[self._challenger])
+        return min(pair, key=lambda size: len(self._per_tile.get(size, ())))  # alternate; a tie goes to the best
 
     def record(self, size: int, seconds: float, thread: int | None = None) -> None:
         """Time one batch of ``size`` tiles run by ``thread`` (default: the calling thread)."""
@@ -98,25 +105,20 @@ class BatchSizer:
         if warm_up not in self._warmed:
             self._warmed.add(warm_up)
             return
-        current = self.candidates[self._current]
-        if size != current:
+        challenger = self.candidates[self._challenger]
+        if size not in (self._best, challenger):
             return  # a short batch at the end of a chunk, or a batch started before the last switch
-        self.per_tile[current].append(seconds / size)
-        if len(self.per_tile[current]) < self.SAMPLES:
+        self._per_tile.setdefault(size, []).append(seconds / size)
+        if min(len(self._per_tile.get(c, ())) for c in (self._best, challenger)) < self.SAMPLES:
             return
-        scores = {c: float(np.median(t)) for c, t in self.per_tile.items() if len(t) >= self.SAMPLES}
-        best = self._best(scores)
-        if self._current == len(self.candidates) - 1 or scores[current] > 1.1 * scores[best]:
-            self.chosen = best
-        else:
-            self._current += 1
-
-    def _best(self, scores: dict[int, float]) -> int:
-        best = min(scores)
-        for c in sorted(scores):
-            if scores[c] < scores[best] * (1 - self.MARGIN):
-                best = c
-        return best
+        best, other = (float(np.median(self._per_tile[c])) for c in (self._best, challenger))
+        if other < best * (1 - self.MARGIN):
+            self._best = challenger
+        if other > self.CLEARLY_SLOWER * best or self._challenger == len(self.candidates) - 1:
+            self.chosen = self._best
+            return
+        self._challenger += 1
+        self._per_tile = {}  # the next pair is timed afresh, side by side
 
 
 Origin = tuple[int, int]

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pipeline.runner import BatchSizer
 
 
-def calibrate(sizer: BatchSizer, per_tile: dict[int, float], threads: int = 2) -> list[int]:
+def calibrate(sizer: BatchSizer, per_tile: dict[int, float], threads: int = 2, drift: float = 0.0) -> list[int]:
     """Feed ``sizer`` batches as the run's worker threads would, each batch taking ``per_tile[size]`` a tile
-    (a thread's first batch of a size 10 times that); returns the sizes it asked for."""
+    (a thread's first batch of a size 10 times that, and the machine's speed changing by ``drift`` per batch);
+    returns the sizes it asked for."""
     asked, calls = [], 0
     while sizer.chosen is None:
         calls += 1
@@ -16,7 +17,8 @@ def calibrate(sizer: BatchSizer, per_tile: dict[int, float], threads: int = 2) -
         asked.append(size)
         for thread in range(threads):
             first = sum(1 for s in asked if s == size) == 1
-            sizer.record(size, size * per_tile[size] * (10 if first else 1), thread=thread)
+            speed = 1 + drift * calls
+            sizer.record(size, size * per_tile[size] * (10 if first else 1) * speed, thread=thread)
     return asked
 
 
@@ -38,6 +40,15 @@ def test_each_threads_first_batch_of_a_size_is_not_timed() -> None:
     # Without the warm-ups, batch 2 (ten times slower on its first batch) would have lost.
     assert sizer.chosen == 2
     assert asked.count(1) == asked.count(2) == 1 + BatchSizer.SAMPLES // 2
+
+
+def test_candidates_are_timed_side_by_side_so_a_drifting_machine_does_not_pick_one() -> None:
+    # Equal per tile, on a machine getting 3 % faster each batch: timed one after the other, batch 2 would look
+    # more than 10 % faster than batch 1.
+    sizer = BatchSizer([1, 2])
+    asked = calibrate(sizer, {1: 0.10, 2: 0.10}, drift=-0.03)
+    assert sizer.chosen == 1
+    assert asked[2:] == [2, 2, 1, 2]  # after both warm-ups: interleaved
 
 
 def test_exploration_stops_at_a_clearly_slower_candidate() -> None:
