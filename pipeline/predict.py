@@ -39,7 +39,7 @@ from tiling.readers import RasterReader, open_raster
 from tiling.writers import OutputSpec, RunOutput, StoreLocation, check_outputs, output_format
 from tiling.writers.workstore import RUN_KEY
 
-from .budget import ChunkCost, ResourcePlan, parse_size, plan_resources
+from .budget import ChunkCost, ResourcePlan, keep_freed_memory, parse_size, plan_resources
 from .checkpoint import Checkpoint, ModelCard, checkpoint_fingerprint, read_card
 from .cluster import SchedulerChoice, connect, run_graph, total_threads
 from .devices import check_precision, resolve_device
@@ -276,6 +276,7 @@ def predict(
                     stats = run_graph(client, dsk, model_keys, keys.done, gpu, opts.progress, report)
             else:
                 dsk = build_graph(reader, plan, job, keys, out, workers, frozenset(done), setup.mask)
+                keep_freed_memory()  # before the run's threads take their heaps
                 threads = cpu_threads(workers) if job.model.device == "cpu" else contextlib.nullcontext()
                 with threads, rasterio.Env(GDAL_CACHEMAX=setup.resources.gdal_cache_mb):
                     stats = _run(dsk, keys.done, workers, opts.progress)
