@@ -68,8 +68,8 @@ class BatchSizer:
 
     The largest batch that fits is often not the fastest (on a CPU, batch 1 is often as fast per tile as batch
     4). Candidates are compared in pairs, smallest first: the best so far against the next one, their batches
-    interleaved so both are timed under the same load (this machine's speed drifts by several per cent within
-    seconds, enough to make a candidate timed a few seconds later look 10 % faster). Each gets ``SAMPLES``
+    interleaved so both are timed under the same load (a shared machine's speed can drift by several per cent
+    within seconds, enough to make a candidate timed a few seconds later look 10 % faster). Each gets ``SAMPLES``
     timed batches and is scored by the median time per tile. A thread's first batch of a size is not timed: it
     pays one-off set-up costs and faults in the memory of that size's activations. Exploration stops at the
     first candidate clearly slower than the best so far. The batches are real tiles of the run, so no tile runs
@@ -165,8 +165,8 @@ class ForwardPool:
     lowest priority number that still has tiles. Chunk tasks pass their position in the run's row-major order,
     so chunks finish in that order whatever order a scheduler starts them in: the neighbours a chunk's blend
     waits for are done first, and the throttle lets the next chunk start (and queue its tiles) while the pool
-    is still busy. ``threads`` pool threads are at work at a time (see
-    ``set_forward_threads``); the pool grows when asked for more and parks the threads it does not need.
+    is still busy. ``threads`` pool threads are at work at a time (see ``set_forward_threads``); the pool
+    grows when asked for more and parks the threads it does not need.
     """
 
     def __init__(
