@@ -79,8 +79,9 @@ def keep_freed_memory() -> None:
     Larger thresholds keep that memory in the heaps for the next batch; ``release_free_memory`` still hands it
     back once per written chunk. Heaps are also capped at one per two cores (glibc's default is eight per core):
     forward threads allocate the probabilities that chunk threads free, and with a heap per thread each kept
-    its own free pieces (pipeline-bound benchmark, 8192²: peak RSS 641–657 MiB with two heaps, 673–698 MiB
-    without). Call it before the run's threads start; glibc only, elsewhere a no-op.
+    its own free pieces (pipeline-bound benchmark, 8192², two runs of three processes: peak RSS 641–714 MiB
+    with two heaps, 673–698 MiB without; single processes vary by ±40 MiB). Call it before the run's threads
+    start; glibc only, elsewhere a no-op.
     """
     mallopt = _libc_function("mallopt")
     if mallopt is not None:
