@@ -8,7 +8,6 @@ sigmoid logit); more classes use softmax.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -148,22 +147,24 @@ def parameter_bytes(config: UNetConfig) -> int:
         return 4 * sum(p.numel() for p in UNet(config).parameters())
 
 
-@functools.cache
 def macs_per_pixel(config: UNetConfig) -> float:
-    """Multiply-adds of one forward pass per input pixel (counted on the meta device: nothing is computed)."""
-    tile = config.size_multiple * 4
-    total = 0
+    """Multiply-adds of one forward pass per input pixel, counted from the architecture.
 
-    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        nonlocal total
-        # A transposed conv applies its whole kernel at every input pixel, a conv at every output pixel.
-        at = inputs[0] if isinstance(module, nn.ConvTranspose2d) else output
-        total += module.weight.numel() * at.shape[-2] * at.shape[-1]
-
-    with torch.device("meta"):
-        model = UNet(config)
-        for module in model.modules():
-            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-                module.register_forward_hook(count)
-        model(torch.empty(1, config.in_channels, tile, tile))
-    return total / tile**2
+    A conv does its kernel's multiply-adds at every output pixel, a 2×2 transposed conv its kernel's at every
+    input pixel; level ``l`` has 1/4**l of the input's pixels. (Tracing a model on the meta device gives the
+    same count but costs a second the first time, for torch's meta kernels to load.)
+    """
+    widths = [config.base_width * 2**level for level in range(config.depth + 1)]
+    total = 0.0
+    for level, width in enumerate(widths):
+        share = 4.0**-level  # pixels at this level per input pixel
+        channels_in = config.in_channels if level == 0 else widths[level - 1]
+        total += share * 9 * (channels_in * width + width * width)  # down: two 3×3 convs
+        if level < config.depth:
+            wider = widths[level + 1]
+            if config.upsampling == "transpose":
+                total += share / 4 * 4 * wider * width  # 2×2 kernel at each pixel of the level below
+            else:
+                total += share * wider * width  # 1×1 conv after the bilinear upsampling
+            total += share * 9 * (2 * width * width + width * width)  # up: two 3×3 convs after the concat
+    return total + widths[0] * config.classes  # 1×1 head

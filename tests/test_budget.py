@@ -80,3 +80,26 @@ def test_multiply_adds_per_pixel_count_every_conv_at_its_resolution() -> None:
     expected = (27 + 9) + (18 + 36) / 4 + 8 / 4 + (18 + 9) + 1
     assert macs_per_pixel(UNetConfig(3, 1, base_width=1, depth=1)) == expected < MODEL_BOUND_MACS_PER_PIXEL
     assert macs_per_pixel(UNetConfig(3, 1, base_width=4, depth=2)) > MODEL_BOUND_MACS_PER_PIXEL
+
+
+@pytest.mark.parametrize("upsampling", ["transpose", "bilinear"])
+def test_multiply_adds_per_pixel_match_a_forward_pass(upsampling: str) -> None:
+    """The count from the architecture equals the multiply-adds the convs of a real forward pass perform."""
+    import torch
+    from torch import nn
+
+    from pipeline.model import UNetConfig, build_model, macs_per_pixel
+
+    config = UNetConfig(2, 3, base_width=3, depth=3, upsampling=upsampling, batch_norm=True)
+    model, tile, counted = build_model(config).eval(), 32, []
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        at = inputs[0] if isinstance(module, nn.ConvTranspose2d) else output
+        counted.append(module.weight.numel() * at.shape[-2] * at.shape[-1])
+
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            module.register_forward_hook(count)
+    with torch.inference_mode():
+        model(torch.zeros(1, 2, tile, tile))
+    assert macs_per_pixel(config) == pytest.approx(sum(counted) / tile**2, rel=1e-12)
