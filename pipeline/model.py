@@ -152,7 +152,7 @@ def macs_per_pixel(config: UNetConfig) -> float:
 
     A conv does its kernel's multiply-adds at every output pixel, a 2×2 transposed conv its kernel's at every
     input pixel; level ``l`` has 1/4**l of the input's pixels. (Tracing a model on the meta device gives the
-    same count but costs a second the first time, for torch's meta kernels to load.)
+    same count but costs about a second the first time, for torch's meta kernels to load.)
     """
     widths = [config.base_width * 2**level for level in range(config.depth + 1)]
     total = 0.0
@@ -163,7 +163,7 @@ def macs_per_pixel(config: UNetConfig) -> float:
         if level < config.depth:
             wider = widths[level + 1]
             if config.upsampling == "transpose":
-                total += share / 4 * 4 * wider * width  # 2×2 kernel at each pixel of the level below
+                total += (share / 4) * (2 * 2 * wider * width)  # a 2×2 kernel at each pixel of the level below
             else:
                 total += share * wider * width  # 1×1 conv after the bilinear upsampling
             total += share * 9 * (2 * width * width + width * width)  # up: two 3×3 convs after the concat
