@@ -76,10 +76,10 @@ def keep_freed_memory() -> None:
     By default an allocation above a sliding threshold (at most 32 MiB) gets its own ``mmap`` and a freed heap
     top is trimmed, so a CPU forward pass faults its activations in anew each time: on the 4096² model-bound
     benchmark 2.5 M page faults, 8 s of system time in a 27 s run (0.4 M and 1.8 s in 23 s with these values).
-    Larger thresholds keep that memory in the heaps for the next batch; ``release_free_memory`` still hands it
-    back once per written chunk. Heaps are also capped at one per two cores (glibc's default is eight per core):
-    forward threads allocate the probabilities that chunk threads free, and with a heap per thread each kept
-    its own free pieces (pipeline-bound benchmark, 8192², two runs of three processes: peak RSS 641–714 MiB
+    Larger thresholds keep that memory in the heaps for the next batch (``release_free_memory`` hands it back
+    where the process outgrows its plan). Heaps are also capped at one per two cores (glibc's default is eight
+    per core): forward threads allocate the probabilities that chunk threads free, and with a heap per thread
+    each kept its own free pieces (pipeline-bound benchmark, 8192², two runs of three processes: peak RSS 641–714 MiB
     with two heaps, 673–698 MiB without; single processes vary by ±40 MiB). Call it before the run's threads
     start; glibc only, elsewhere a no-op.
     """
@@ -91,13 +91,20 @@ def keep_freed_memory() -> None:
         mallopt(M_ARENA_MAX, max(2, (os.cpu_count() or 1) // 2))
 
 
-def release_free_memory() -> None:
-    """Hand memory freed by the C allocator back to the OS (glibc only; elsewhere a no-op).
+def release_free_memory(above: int | None = None) -> None:
+    """Hand memory freed by the C allocator back to the OS once the process holds more than ``above`` bytes
+    (None: always; glibc only, elsewhere a no-op).
 
-    glibc keeps freed chunk-sized arrays in per-thread heaps, where they fragment; without this, peak RSS
-    creeps up with the number of chunks processed (with the raster's size) although live data does not.
-    Called after each chunk is written; it costs about 3 ms (26 ms for the 9 chunks of a 4096² run).
+    A local run passes its plan's estimated peak and so trims only if the heaps' free pieces would take the
+    process past what the plan promised. Trimming after every chunk cost more than it saved: every trim hands
+    back memory the next chunk and the next forward passes fault in again (8192² model-bound, two runs each:
+    136 000–182 000 page faults and 2.0–2.4 s of system time with a trim per chunk, 10 000–29 000 and 0.9 s
+    without; pipeline-bound 8192² 3.0 s instead of 3.8 s). Peak RSS stayed within 50–90 MiB of the
+    per-chunk-trim figure and did not grow with the number of chunks (pipeline-bound 4096², 8192², 16384²
+    while the chunks ran: 635, 614, 662 MiB). Cluster workers (``above=None``) still trim after every chunk.
     """
+    if above is not None and process_memory() <= above:
+        return
     trim = _libc_function("malloc_trim")
     if trim is not None:
         trim(0)

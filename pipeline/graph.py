@@ -39,6 +39,9 @@ class TileJob:
     classes: int
     model: ModelSpec
     min_valid_fraction: float = 0.0
+    #: Resident bytes above which a written chunk hands the heaps' free memory back to the OS (the plan's
+    #: estimated peak in a local run; None, after every chunk, on cluster workers: see ``release_free_memory``).
+    heap_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -285,7 +288,8 @@ def build_graph(
         spills = [(keys.spill, si, sj) for si in plan.rows.sources(i) for sj in plan.cols.sources(j)]
         dsk[(keys.probs, 0, i, j)] = (blend_chunk, (i, j), *spans(i, j), job.classes, (keys.infer, i, j), spills)
         if outputs is not None:
-            dsk[(keys.write, i, j)] = (_write, outputs, (i, j), *spans(i, j), (keys.probs, 0, i, j), (keys.spill, i, j))
+            write = (_write, outputs, (i, j), *spans(i, j), (keys.probs, 0, i, j), (keys.spill, i, j), job.heap_limit)
+            dsk[(keys.write, i, j)] = write
     if outputs is not None:
         spill_only = [(keys.spill, i, j) for i, j in sorted(done) if (keys.spill, i, j) in dsk]
         dsk[keys.done] = (_total, [(keys.write, i, j) for i, j in todo], spill_only)
@@ -293,12 +297,12 @@ def build_graph(
 
 
 def _write(
-    outputs: Any, index: ChunkIndex, rows: Span, cols: Span, probs: np.ndarray, spill: Spill
+    outputs: Any, index: ChunkIndex, rows: Span, cols: Span, probs: np.ndarray, spill: Spill, heap_limit: int | None
 ) -> tuple[TileStats, int]:
     """Write a chunk; pass on its tile statistics (carried by its spill) to the final task."""
     outputs.write(index, rows, cols, probs)
     del probs
-    release_free_memory()
+    release_free_memory(above=heap_limit)
     return spill.stats, 1
 
 

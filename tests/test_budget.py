@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
+from pipeline import budget
 from pipeline.budget import ChunkCost, parse_size, plan_resources
+from pipeline.predict import PredictOptions, prepare
 from tiling import OptionError, TileGrid
 
 MIB = 2**20
@@ -103,3 +108,26 @@ def test_multiply_adds_per_pixel_match_a_forward_pass(upsampling: str) -> None:
     with torch.inference_mode():
         model(torch.zeros(1, 2, tile, tile))
     assert macs_per_pixel(config) == pytest.approx(sum(counted) / tile**2, rel=1e-12)
+
+
+def test_freed_memory_goes_back_only_above_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    trims: list[int] = []
+    monkeypatch.setattr(budget, "_libc_function", lambda name: trims.append if name == "malloc_trim" else None)
+    held = budget.process_memory()
+    budget.release_free_memory(above=held + 2**30)
+    assert trims == []
+    budget.release_free_memory(above=held // 2)
+    budget.release_free_memory()  # a cluster worker: after every chunk
+    assert trims == [0, 0]
+
+
+def test_a_local_run_trims_above_its_planned_peak_and_a_cluster_run_after_every_chunk(
+    checkpoint: Path, image_file: Callable[..., Path]
+) -> None:
+    scene, model = image_file((3, 96, 96)), checkpoint
+    local = prepare(scene, model, PredictOptions())
+    assert local.job.heap_limit == local.resources.estimated_peak
+    local.reader.close()
+    remote = prepare(scene, model, PredictOptions(), here=False)
+    assert remote.job.heap_limit is None
+    remote.reader.close()
