@@ -99,9 +99,9 @@ def release_free_memory(above: int | None = None) -> None:
     process past what the plan promised. Trimming after every chunk cost more than it saved: every trim hands
     back memory the next chunk and the next forward passes fault in again (8192² model-bound, two runs each:
     136 000–182 000 page faults and 2.0–2.4 s of system time with a trim per chunk, 10 000–29 000 and 0.9 s
-    without; pipeline-bound 8192² 3.0 s instead of 3.8 s). Peak RSS stayed within 50–90 MiB of the
-    per-chunk-trim figure and did not grow with the number of chunks (pipeline-bound 4096², 8192², 16384²
-    while the chunks ran: 635, 614, 662 MiB). Cluster workers (``above=None``) still trim after every chunk.
+    without; pipeline-bound 8192² 3.0 s instead of 3.8 s). It costs 40–90 MiB of peak RSS, which does not grow
+    with the number of chunks (pipeline-bound, peak while the chunks ran: 584, 656 and 672 MiB at 4096², 8192²
+    and 16384², i.e. 4, 16 and 64 chunks). Cluster workers (``above=None``) still trim after every chunk.
     """
     if above is not None and process_memory() <= above:
         return
