@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING, Any
 from tiling.errors import OptionError, TilewiseError
 
 from .config import load_config
-from .info import describe
 from .options import PredictOptions
 
 if TYPE_CHECKING:
-    from .predict import PredictReport
+    from .prediction import PredictReport
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -152,7 +151,7 @@ def _predict_options(args: argparse.Namespace) -> tuple[PredictOptions, str | No
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import check_options, predict
+    from .prediction import check_options, predict
 
     opts, model = _predict_options(args)
     if not model:
@@ -189,6 +188,8 @@ def summary(report: PredictReport) -> str:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from .info import describe
+
     opts, model = _predict_options(args)
     print(describe(args.input, model, opts))
     return 0

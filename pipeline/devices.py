@@ -8,7 +8,9 @@ import torch
 
 from tiling.errors import OptionError
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .options import PRECISION_NAMES
+
+PRECISIONS = dict(zip(PRECISION_NAMES, (None, torch.bfloat16, torch.float16), strict=True))
 
 
 def resolve_device(name: str, here: bool = True) -> str:

@@ -12,7 +12,7 @@ from .checkpoint import read_card
 from .devices import resolve_device
 from .model import UNetConfig
 from .options import PredictOptions
-from .predict import plan_memory
+from .prediction import plan_memory
 
 DEFAULT_TILE = 256
 

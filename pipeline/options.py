@@ -12,8 +12,9 @@ from tiling.windows import BLEND_KINDS
 from tiling.writers.encode import OUTPUT_KINDS, PROBS_DTYPES
 from tiling.writers.formats import FORMATS
 
-from .devices import PRECISIONS
-from .runner import TTA_MODES
+#: Kept free of torch (the CLI checks options before it loads the model); ``devices.PRECISIONS`` maps them to dtypes.
+PRECISION_NAMES = ("fp32", "bf16", "fp16")
+TTA_MODES = ("none", "flips")
 
 _Options = TypeVar("_Options", bound="UpdatableOptions")
 
@@ -91,7 +92,7 @@ class PredictOptions(UpdatableOptions):
         _choice(self.tta, TTA_MODES, "tta")
         _choice(self.output_kind, OUTPUT_KINDS, "output_kind")
         _choice(self.probs_dtype, PROBS_DTYPES, "probs_dtype")
-        _choice(self.precision, tuple(PRECISIONS), "precision")
+        _choice(self.precision, PRECISION_NAMES, "precision")
         if self.format is not None:
             _choice(self.format, FORMATS, "format")
         if not isinstance(self.sigma, (int, float)) or not self.sigma > 0:

@@ -28,7 +28,6 @@ from .checkpoint import Checkpoint, ModelCard, load_checkpoint
 from .devices import PRECISIONS
 from .model import activation_bytes_per_tile, logits_to_probs
 
-TTA_MODES = ("none", "flips")
 #: Batch sizes tried when the batch size is left to tilewise.
 CANDIDATE_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 #: ``ModelSpec.checkpoint`` of a model handed over in memory rather than as a file.

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import budget
 from pipeline.budget import ChunkCost, parse_size, plan_resources
-from pipeline.predict import PredictOptions, prepare
+from pipeline.prediction import PredictOptions, prepare
 from tiling import OptionError, TileGrid
 
 MIB = 2**20
@@ -68,7 +68,7 @@ def test_a_model_bound_run_gets_enough_chunks_to_share_among_workers() -> None:
 def test_chunks_are_balanced_for_worker_processes_not_for_threads_sharing_a_forward_pool() -> None:
     from pipeline.model import UNetConfig
     from pipeline.options import PredictOptions
-    from pipeline.predict import plan_memory
+    from pipeline.prediction import plan_memory
 
     grid, opts = TileGrid(4096, 4096, 256, 20), PredictOptions(memory_limit="16GB", workers=2)
     threads = plan_memory(grid, UNetConfig(3, 1), 3, "uint8", "cpu", opts)
@@ -78,7 +78,7 @@ def test_chunks_are_balanced_for_worker_processes_not_for_threads_sharing_a_forw
 
 def test_multiply_adds_per_pixel_count_every_conv_at_its_resolution() -> None:
     from pipeline.model import UNetConfig, macs_per_pixel
-    from pipeline.predict import MODEL_BOUND_MACS_PER_PIXEL
+    from pipeline.prediction import MODEL_BOUND_MACS_PER_PIXEL
 
     # Base width 1, depth 1: 3→1, 1→1 (3×3) at full size; 1→2, 2→2 at a quarter of the pixels; a 2→1 2×2
     # transposed conv at each of those; 2→1, 1→1 (3×3) and the 1→1 head at full size.

@@ -229,3 +229,25 @@ def test_console_script_and_info(files) -> None:
     assert done.returncode == 0, done.stderr
     assert "160 x 180 pixels" in done.stdout and "EPSG:32618" in done.stdout
     assert "tiles       64 px" in done.stdout and "memory" in done.stdout
+
+
+def test_help_and_option_checks_do_not_load_torch() -> None:
+    """``tilewise --help`` answers without waiting for torch and dask to load."""
+    code = (
+        "import sys; from pipeline.cli import main; from pipeline.options import PredictOptions;"
+        "PredictOptions(precision='bf16', tta='flips');"
+        "print(sorted(m for m in ('torch', 'dask') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_every_public_name_of_the_api_resolves() -> None:
+    import pipeline
+
+    for name in pipeline.__all__:
+        assert getattr(pipeline, name).__name__ == name
+    assert set(pipeline.__all__) <= set(dir(pipeline))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = pipeline.no_such_name
