@@ -9,7 +9,8 @@ import pytest
 
 from pipeline import budget
 from pipeline.budget import ChunkCost, parse_size, plan_resources
-from pipeline.prediction import PredictOptions, prepare
+from pipeline.options import PredictOptions
+from pipeline.prediction import prepare
 from tiling import OptionError, TileGrid
 
 MIB = 2**20
@@ -67,7 +68,6 @@ def test_a_model_bound_run_gets_enough_chunks_to_share_among_workers() -> None:
 
 def test_chunks_are_balanced_for_worker_processes_not_for_threads_sharing_a_forward_pool() -> None:
     from pipeline.model import UNetConfig
-    from pipeline.options import PredictOptions
     from pipeline.prediction import plan_memory
 
     grid, opts = TileGrid(4096, 4096, 256, 20), PredictOptions(memory_limit="16GB", workers=2)

@@ -246,6 +246,7 @@ def test_help_and_option_checks_do_not_load_torch() -> None:
 def test_every_public_name_of_the_api_resolves() -> None:
     import pipeline
 
+    assert sorted(pipeline.__all__) == sorted(pipeline._SOURCES)
     for name in pipeline.__all__:
         assert getattr(pipeline, name).__name__ == name
     assert set(pipeline.__all__) <= set(dir(pipeline))
