@@ -265,31 +265,31 @@ def predict(
         keep_work, finished = False, False
         try:
             keys = GraphKeys(uuid.uuid4().hex[:12])
-            if choice.distributed:
-                with connect(choice) as client:
-                    workers = total_threads(client)
-                    extra = {"dashboard": client.dashboard_link, "scheduler": client.scheduler.address}
-                    if opts.progress:
-                        print(f"tilewise: Dask dashboard at {client.dashboard_link}", file=sys.stderr)
-                    # No throttle here: the distributed scheduler queues root tasks by itself.
-                    dsk = build_graph(reader, plan, job, keys, out, None, frozenset(done), setup.mask)
-                    model_keys = {k for k in dsk if isinstance(k, tuple) and k[0] == keys.infer}
-                    gpu = job.model.device.startswith("cuda")
-                    report = Path(opts.report) if opts.report else None
-                    stats = run_graph(client, dsk, model_keys, keys.done, gpu, opts.progress, report)
-            else:
-                dsk = build_graph(reader, plan, job, keys, out, workers, frozenset(done), setup.mask)
-                keep_freed_memory()  # before the run's threads take their heaps
-                threads = cpu_threads(workers) if job.model.device == "cpu" else contextlib.nullcontext()
-                with threads, rasterio.Env(GDAL_CACHEMAX=setup.resources.gdal_cache_mb):
-                    stats = _run(dsk, keys.done, workers, opts.progress)
-            if stats.tiles.run == 0 and not done:
-                where = f"inside the {setup.mask.source} mask" if setup.mask else "(all nodata, masked or NaN)"
-                raise InputError(f"{reader.info.path} has no valid pixels {where}")
-            release_free_memory()  # what the chunks freed, before the assembly allocates its own
-            # GDAL's default block cache (5 % of RAM) would let a COG's assembly grow with the raster (16384²:
-            # 409 MiB more while GDAL built the overviews, 74 MiB with the run's cap, in the same time).
+            # One small GDAL block cache for the run and the assembly: GDAL's default (5 % of RAM) would let a COG's
+            # assembly grow with the raster (16384²: 409 MiB more while GDAL built the overviews, 74 MiB capped).
             with rasterio.Env(GDAL_CACHEMAX=setup.resources.gdal_cache_mb):
+                if choice.distributed:
+                    with connect(choice) as client:
+                        workers = total_threads(client)
+                        extra = {"dashboard": client.dashboard_link, "scheduler": client.scheduler.address}
+                        if opts.progress:
+                            print(f"tilewise: Dask dashboard at {client.dashboard_link}", file=sys.stderr)
+                        # No throttle here: the distributed scheduler queues root tasks by itself.
+                        dsk = build_graph(reader, plan, job, keys, out, None, frozenset(done), setup.mask)
+                        model_keys = {k for k in dsk if isinstance(k, tuple) and k[0] == keys.infer}
+                        gpu = job.model.device.startswith("cuda")
+                        report = Path(opts.report) if opts.report else None
+                        stats = run_graph(client, dsk, model_keys, keys.done, gpu, opts.progress, report)
+                else:
+                    dsk = build_graph(reader, plan, job, keys, out, workers, frozenset(done), setup.mask)
+                    keep_freed_memory()  # before the run's threads take their heaps
+                    threads = cpu_threads(workers) if job.model.device == "cpu" else contextlib.nullcontext()
+                    with threads:
+                        stats = _run(dsk, keys.done, workers, opts.progress)
+                if stats.tiles.run == 0 and not done:
+                    where = f"inside the {setup.mask.source} mask" if setup.mask else "(all nodata, masked or NaN)"
+                    raise InputError(f"{reader.info.path} has no valid pixels {where}")
+                release_free_memory()  # what the chunks freed, before the assembly allocates its own
                 out.finalize()
             finished = True
         except KeyboardInterrupt:
