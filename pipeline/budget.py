@@ -13,6 +13,7 @@ import functools
 import math
 import os
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -76,8 +77,8 @@ def keep_freed_memory() -> None:
     By default an allocation above a sliding threshold (at most 32 MiB) gets its own ``mmap`` and a freed heap
     top is trimmed, so a CPU forward pass faults its activations in anew each time: on the 4096² model-bound
     benchmark 2.5 M page faults, 8 s of system time in a 27 s run (0.4 M and 1.8 s in 23 s with these values).
-    Larger thresholds keep that memory in the heaps for the next batch (``release_free_memory`` hands it back
-    where the process outgrows its plan). Heaps are also capped at one per two cores (glibc's default is eight
+    Larger thresholds keep that memory in the heaps for the next batch (``HeapGuard`` hands it back where the
+    process outgrows its working set). Heaps are also capped at one per two cores (glibc's default is eight
     per core): forward threads allocate the probabilities that chunk threads free, and with a heap per thread
     each kept its own free pieces (pipeline-bound benchmark, 8192², two runs of three processes: peak RSS 641–714 MiB
     with two heaps, 673–698 MiB without; single processes vary by ±40 MiB). Call it before the run's threads
@@ -91,23 +92,52 @@ def keep_freed_memory() -> None:
         mallopt(M_ARENA_MAX, max(2, (os.cpu_count() or 1) // 2))
 
 
-def release_free_memory(above: int | None = None) -> None:
-    """Hand memory freed by the C allocator back to the OS once the process holds more than ``above`` bytes
-    (None: always; glibc only, elsewhere a no-op).
-
-    A local run passes its plan's estimated peak and so trims only if the heaps' free pieces would take the
-    process past what the plan promised. Trimming after every chunk cost more than it saved: every trim hands
-    back memory the next chunk and the next forward passes fault in again (8192² model-bound, two runs each:
-    136 000–182 000 page faults and 2.0–2.4 s of system time with a trim per chunk, 10 000–29 000 and 0.9 s
-    without; pipeline-bound 8192² 3.0 s instead of 3.8 s). It costs 40–90 MiB of peak RSS, which does not grow
-    with the number of chunks (pipeline-bound, peak while the chunks ran: 584, 656 and 672 MiB at 4096², 8192²
-    and 16384², i.e. 4, 16 and 64 chunks). Cluster workers (``above=None``) still trim after every chunk.
-    """
-    if above is not None and process_memory() <= above:
-        return
+def release_free_memory() -> None:
+    """Hand the memory that the C allocator's heaps hold free back to the OS (glibc only, elsewhere a no-op)."""
     trim = _libc_function("malloc_trim")
     if trim is not None:
         trim(0)
+
+
+#: How far a local run's resident memory may outgrow its working set before a written chunk trims the heaps.
+HEAP_ALLOWANCE = 128 * 2**20
+
+
+class HeapGuard:
+    """Trims the heaps after a written chunk only when the process has outgrown its working set.
+
+    The working set is what the process holds once its first chunk is written (model, forward passes, chunks
+    in flight); a later chunk trims only when the process holds more than that plus ``allowance``, or more
+    than the plan's ``ceiling``. Trimming after every chunk cost more than it saved: every trim hands back
+    memory that the next chunk and the next forward passes fault in again (8192² model-bound, two runs each:
+    136 000–182 000 page faults and 2.0–2.4 s of system time with a trim per chunk, 10 000–29 000 and 0.9 s
+    without; pipeline-bound 8192² 3.0 s instead of 3.8 s). Never trimming lets the heaps' free pieces grow with
+    the number of chunks: a 40 000² slide (400 chunks, 96 read) peaked at 938 MiB while its chunks ran, 847 MiB
+    with a trim per chunk; with this guard 835 MiB and 239 trims, while the 8192² benchmark runs (16 chunks)
+    never trim. One guard per local run (its state is the process's, so it never travels to cluster workers,
+    which trim after every chunk).
+    """
+
+    def __init__(self, allowance: int = HEAP_ALLOWANCE, ceiling: int | None = None) -> None:
+        self.allowance = allowance
+        self.ceiling = ceiling
+        self.working_set: int | None = None
+        self.trims = 0
+        self._lock = threading.Lock()
+
+    def chunk_written(self) -> None:
+        held = process_memory()
+        with self._lock:
+            if self.working_set is None:
+                self.working_set = held
+                return
+            limit = self.working_set + self.allowance
+            if self.ceiling is not None:
+                limit = min(limit, self.ceiling)
+            if held <= limit:
+                return
+            self.trims += 1
+        release_free_memory()
 
 
 def process_memory() -> int:

@@ -22,7 +22,7 @@ from tiling.plan import ChunkPlan, Span
 from tiling.readers.base import RasterReader
 from tiling.windows import window_2d
 
-from .budget import keep_freed_memory, release_free_memory
+from .budget import HeapGuard, keep_freed_memory, release_free_memory
 from .runner import ModelSpec, get_runner
 
 ChunkIndex = tuple[int, int]
@@ -39,9 +39,6 @@ class TileJob:
     classes: int
     model: ModelSpec
     min_valid_fraction: float = 0.0
-    #: Resident bytes above which a written chunk hands the heaps' free memory back to the OS (the plan's
-    #: estimated peak in a local run; None, after every chunk, on cluster workers: see ``release_free_memory``).
-    heap_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -230,6 +227,7 @@ def build_graph(
     lookahead: int | None = 3,
     done: frozenset[ChunkIndex] = frozenset(),
     mask: CoarseMask | None = None,
+    heap: HeapGuard | None = None,
 ) -> dict[Any, Any]:
     """The tasks of a run: (keys.probs, 0, i, j) holds chunk (i, j)'s blended probabilities; with ``outputs``
     also a write task per chunk and ``keys.done``, which sums the tile statistics once everything is written.
@@ -243,6 +241,9 @@ def build_graph(
 
     Chunks in ``done`` (already written by an interrupted run) are neither run nor written; where their tiles
     reach into a chunk that is not done, a spill-only task reruns just those tiles.
+
+    A local run passes its ``heap`` guard, which decides after each written chunk whether to trim the heaps;
+    without one (a graph for cluster workers) every written chunk trims them.
     """
     dsk: dict[Any, Any] = {}
     n_rows, n_cols = plan.shape
@@ -288,7 +289,7 @@ def build_graph(
         spills = [(keys.spill, si, sj) for si in plan.rows.sources(i) for sj in plan.cols.sources(j)]
         dsk[(keys.probs, 0, i, j)] = (blend_chunk, (i, j), *spans(i, j), job.classes, (keys.infer, i, j), spills)
         if outputs is not None:
-            write = (_write, outputs, (i, j), *spans(i, j), (keys.probs, 0, i, j), (keys.spill, i, j), job.heap_limit)
+            write = (_write, outputs, (i, j), *spans(i, j), (keys.probs, 0, i, j), (keys.spill, i, j), heap)
             dsk[(keys.write, i, j)] = write
     if outputs is not None:
         spill_only = [(keys.spill, i, j) for i, j in sorted(done) if (keys.spill, i, j) in dsk]
@@ -297,12 +298,15 @@ def build_graph(
 
 
 def _write(
-    outputs: Any, index: ChunkIndex, rows: Span, cols: Span, probs: np.ndarray, spill: Spill, heap_limit: int | None
+    outputs: Any, index: ChunkIndex, rows: Span, cols: Span, probs: np.ndarray, spill: Spill, heap: HeapGuard | None
 ) -> tuple[TileStats, int]:
     """Write a chunk; pass on its tile statistics (carried by its spill) to the final task."""
     outputs.write(index, rows, cols, probs)
     del probs
-    release_free_memory(above=heap_limit)
+    if heap is not None:
+        heap.chunk_written()
+    else:
+        release_free_memory()
     return spill.stats, 1
 
 

@@ -39,7 +39,15 @@ from tiling.readers import RasterReader, open_raster
 from tiling.writers import OutputSpec, RunOutput, StoreLocation, check_outputs, output_format
 from tiling.writers.workstore import RUN_KEY
 
-from .budget import ChunkCost, ResourcePlan, keep_freed_memory, parse_size, plan_resources, release_free_memory
+from .budget import (
+    ChunkCost,
+    HeapGuard,
+    ResourcePlan,
+    keep_freed_memory,
+    parse_size,
+    plan_resources,
+    release_free_memory,
+)
 from .checkpoint import Checkpoint, ModelCard, checkpoint_fingerprint, read_card
 from .cluster import SchedulerChoice, connect, run_graph, total_threads
 from .devices import check_precision, resolve_device
@@ -180,10 +188,7 @@ def prepare(input: str | os.PathLike[str], model: ModelSource, opts: PredictOpti
             spec = ModelSpec.for_model(model, **settings)
         else:
             spec = ModelSpec.for_checkpoint(model, **settings)
-        heap_limit = resources.estimated_peak if here else None  # a cluster worker's memory is not this plan's
-        job = TileJob(
-            tile, opts.blend, float(opts.sigma), normalization, card.model.classes, spec, opts.min_valid, heap_limit
-        )
+        job = TileJob(tile, opts.blend, float(opts.sigma), normalization, card.model.classes, spec, opts.min_valid)
         plan = ChunkPlan(grid, (resources.chunk, resources.chunk))
         scale = opts.mask_scale or mask_scale(grid.height, grid.width, tile)
         mask = make_mask(reader, opts.mask, scale, opts.tissue_channel, opts.tissue_threshold)
@@ -281,7 +286,8 @@ def predict(
                         report = Path(opts.report) if opts.report else None
                         stats = run_graph(client, dsk, model_keys, keys.done, gpu, opts.progress, report)
                 else:
-                    dsk = build_graph(reader, plan, job, keys, out, workers, frozenset(done), setup.mask)
+                    heap = HeapGuard(ceiling=setup.resources.estimated_peak)
+                    dsk = build_graph(reader, plan, job, keys, out, workers, frozenset(done), setup.mask, heap)
                     keep_freed_memory()  # before the run's threads take their heaps
                     threads = cpu_threads(workers) if job.model.device == "cpu" else contextlib.nullcontext()
                     with threads:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
-from pipeline import budget
+from pipeline import budget, prediction
 from pipeline.budget import ChunkCost, parse_size, plan_resources
 from pipeline.options import PredictOptions
-from pipeline.prediction import prepare
 from tiling import OptionError, TileGrid
 
 MIB = 2**20
@@ -110,24 +111,62 @@ def test_multiply_adds_per_pixel_match_a_forward_pass(upsampling: str) -> None:
     assert macs_per_pixel(config) == pytest.approx(sum(counted) / tile**2, rel=1e-12)
 
 
-def test_freed_memory_goes_back_only_above_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    trims: list[int] = []
-    monkeypatch.setattr(budget, "_libc_function", lambda name: trims.append if name == "malloc_trim" else None)
-    held = budget.process_memory()
-    budget.release_free_memory(above=held + 2**30)
-    assert trims == []
-    budget.release_free_memory(above=held // 2)
-    budget.release_free_memory()  # a cluster worker: after every chunk
-    assert trims == [0, 0]
+@pytest.fixture
+def trims(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Calls to glibc's ``malloc_trim`` (recorded, not made)."""
+    calls: list[int] = []
+    monkeypatch.setattr(budget, "_libc_function", lambda name: calls.append if name == "malloc_trim" else None)
+    return calls
 
 
-def test_a_local_run_trims_above_its_planned_peak_and_a_cluster_run_after_every_chunk(
-    checkpoint: Path, image_file: Callable[..., Path]
+def test_the_heap_guard_trims_only_beyond_the_working_set_and_the_ceiling(
+    monkeypatch: pytest.MonkeyPatch, trims: list[int]
 ) -> None:
-    scene, model = image_file((3, 96, 96)), checkpoint
-    local = prepare(scene, model, PredictOptions())
-    assert local.job.heap_limit == local.resources.estimated_peak
-    local.reader.close()
-    remote = prepare(scene, model, PredictOptions(), here=False)
-    assert remote.job.heap_limit is None
-    remote.reader.close()
+    held = [500 * MIB]
+    monkeypatch.setattr(budget, "process_memory", lambda: held[0])
+    guard = budget.HeapGuard(allowance=100 * MIB, ceiling=650 * MIB)
+    guard.chunk_written()  # the first written chunk sets the working set
+    assert (guard.working_set, trims) == (500 * MIB, [])
+    held[0] = 600 * MIB
+    guard.chunk_written()
+    assert trims == []
+    held[0] = 601 * MIB
+    guard.chunk_written()
+    assert (guard.trims, trims) == (1, [0])
+    guard = budget.HeapGuard(allowance=100 * MIB, ceiling=520 * MIB)
+    held[0] = 500 * MIB
+    guard.chunk_written()
+    held[0] = 521 * MIB  # within the allowance, past the plan's ceiling
+    guard.chunk_written()
+    assert (guard.trims, trims) == (1, [0, 0])
+
+
+def test_a_local_run_trims_through_its_guard_and_once_before_the_assembly(
+    monkeypatch: pytest.MonkeyPatch, trims: list[int], checkpoint: Path, image_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    guards: list[budget.HeapGuard] = []
+
+    class Recorded(budget.HeapGuard):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            guards.append(self)
+
+    monkeypatch.setattr(prediction, "HeapGuard", Recorded)
+    report = prediction.predict(image_file((3, 200, 230)), tmp_path / "out.tif", checkpoint, chunk=96)
+    assert report.chunks > 1
+    [guard] = guards
+    assert guard.working_set is not None
+    assert guard.ceiling is not None  # the plan's estimated peak
+    assert len(trims) == guard.trims + 1
+
+
+def test_a_chunk_written_without_a_guard_trims_the_heaps(trims: list[int]) -> None:
+    from pipeline.graph import Spill, TileStats, _write
+
+    class Output:
+        def write(self, *args: object) -> None:
+            pass
+
+    spill = Spill(pieces={}, stats=TileStats(run=3))
+    assert _write(Output(), (0, 0), (0, 8), (0, 8), np.zeros((1, 8, 8), np.float32), spill, None) == (spill.stats, 1)
+    assert trims == [0]  # a cluster worker's graph: after every chunk
