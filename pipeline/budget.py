@@ -108,14 +108,19 @@ class HeapGuard:
 
     The working set is what the process holds once its first chunk is written (model, forward passes, chunks
     in flight); a later chunk trims only when the process holds more than that plus ``allowance``, or more
-    than the plan's ``ceiling``. Trimming after every chunk cost more than it saved: every trim hands back
-    memory that the next chunk and the next forward passes fault in again (8192² model-bound, two runs each:
-    136 000–182 000 page faults and 2.0–2.4 s of system time with a trim per chunk, 10 000–29 000 and 0.9 s
-    without; pipeline-bound 8192² 3.0 s instead of 3.8 s). Never trimming lets the heaps' free pieces grow with
-    the number of chunks: a 40 000² slide (400 chunks, 96 read) peaked at 938 MiB while its chunks ran, 847 MiB
-    with a trim per chunk; with this guard 835 MiB and 239 trims, while the 8192² benchmark runs (16 chunks)
-    never trim. One guard per local run (its state is the process's, so it never travels to cluster workers,
-    which trim after every chunk).
+    than the plan's ``ceiling``. What a trim cannot hand back is in use, and the working set rises to it, so
+    the heaps keep at most about ``allowance`` of free memory and a process that needs more is not trimmed in
+    vain after every chunk.
+
+    Trimming after every chunk cost more than it saved: every trim hands back memory that the next chunk and
+    the next forward passes fault in again (8192² model-bound, two runs each: 136 000–182 000 page faults and
+    2.0–2.4 s of system time with a trim per chunk, 10 000–29 000 and 0.9 s without; pipeline-bound 8192² 3.0 s
+    instead of 3.8 s). Never trimming lets the heaps' free pieces grow with the number of chunks. A 40 000²
+    slide (400 chunks, 96 read; one run each): a trim per chunk 386 s and 847 MiB at peak; never 360 s and
+    938 MiB; this guard 360 s, 879 MiB and 75 trims (without raising the working set after a trim: 381 s,
+    858 MiB, 298 trims). The core benchmark's 4096² and 8192² scenes (4 and 16 chunks) never trim. One guard
+    per local run: its state is the process's, so it never travels to cluster workers, which trim after every
+    chunk.
     """
 
     def __init__(self, allowance: int = HEAP_ALLOWANCE, ceiling: int | None = None) -> None:
@@ -138,6 +143,9 @@ class HeapGuard:
                 return
             self.trims += 1
         release_free_memory()
+        in_use = process_memory()  # what the trim could not hand back is in use: allow for it from now on
+        with self._lock:
+            self.working_set = max(self.working_set or 0, in_use)
 
 
 def process_memory() -> int:

@@ -73,7 +73,7 @@ class BatchSizer:
     pays one-off set-up costs and faults in the memory of that size's activations. Exploration stops at the
     first candidate clearly slower than the best so far. The batches are real tiles of the run, so no tile runs
     twice. A larger batch must beat a smaller one by ``MARGIN`` to be chosen: it costs memory, and on a CPU its
-    activations are faulted in again after each chunk hands freed memory back (default U-Net, 4096²: batch 4
+    activations are faulted in again whenever the heaps hand freed memory back (default U-Net, 4096²: batch 4
     ran 6 % faster per tile than batch 1 on its own but 3 % faster in a run, with 2.5 times the memory).
     """
 

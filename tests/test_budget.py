@@ -124,21 +124,26 @@ def test_the_heap_guard_trims_only_beyond_the_working_set_and_the_ceiling(
 ) -> None:
     held = [500 * MIB]
     monkeypatch.setattr(budget, "process_memory", lambda: held[0])
-    guard = budget.HeapGuard(allowance=100 * MIB, ceiling=650 * MIB)
+    guard = budget.HeapGuard(allowance=100 * MIB, ceiling=800 * MIB)
     guard.chunk_written()  # the first written chunk sets the working set
     assert (guard.working_set, trims) == (500 * MIB, [])
     held[0] = 600 * MIB
     guard.chunk_written()
     assert trims == []
-    held[0] = 601 * MIB
+    held[0] = 601 * MIB  # the heaps' free memory is past the allowance, and the trim hands none back: all in use
     guard.chunk_written()
-    assert (guard.trims, trims) == (1, [0])
+    assert (guard.trims, trims, guard.working_set) == (1, [0], 601 * MIB)
+    held[0] = 700 * MIB
+    guard.chunk_written()
+    assert trims == [0]  # within the allowance of what is in use
     guard = budget.HeapGuard(allowance=100 * MIB, ceiling=520 * MIB)
     held[0] = 500 * MIB
     guard.chunk_written()
     held[0] = 521 * MIB  # within the allowance, past the plan's ceiling
     guard.chunk_written()
     assert (guard.trims, trims) == (1, [0, 0])
+    guard.chunk_written()
+    assert trims == [0, 0, 0]  # past the ceiling: every chunk
 
 
 def test_a_local_run_trims_through_its_guard_and_once_before_the_assembly(
