@@ -118,9 +118,9 @@ class HeapGuard:
     instead of 3.8 s). Never trimming lets the heaps' free pieces grow with the number of chunks. A 40 000²
     slide (400 chunks, 96 read; one run each): a trim per chunk 386 s and 847 MiB at peak; never 360 s and
     938 MiB; this guard 360 s, 879 MiB and 75 trims (without raising the working set after a trim: 381 s,
-    858 MiB, 298 trims). The core benchmark's 4096² and 8192² scenes (4 and 16 chunks) never trim. One guard
-    per local run: its state is the process's, so it never travels to cluster workers, which trim after every
-    chunk.
+    858 MiB, 298 trims). The core benchmark's 4096² and 8192² scenes (4 and 16 chunks, one run each) did not
+    trim. One guard per local run: its state is the process's, so it never travels to cluster workers, which
+    trim after every chunk.
     """
 
     def __init__(self, allowance: int = HEAP_ALLOWANCE, ceiling: int | None = None) -> None:
