@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -79,25 +80,26 @@ def _pointwise_checkpoint():
 
 def _model_alone(model, tiles: int, batch: int, workers: int) -> float:
     """Seconds to run ``tiles`` random tiles through ``model`` the way the pipeline lays out the work:
-    ``workers`` threads side by side, each with its share of the cores, batches of ``batch``."""
+    ``workers`` threads side by side, each with its share of the cores, each taking the next batch of
+    ``batch`` tiles until none is left (as the forward pool's threads do, so a core that runs slower for a
+    while does not leave the other idle at the end)."""
+    import itertools
     import threading
 
     import torch
 
     from pipeline.runner import cpu_threads
 
-    def work(n_batches: int) -> None:
+    def work(taken: Iterator[int], batches: int) -> None:
         x = torch.randn(batch, 3, 256, 256).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            for _ in range(n_batches):
+            while next(taken) < batches:  # a shared counter: next() on it is atomic under the GIL
                 torch.sigmoid(model(x))
 
-    batches = -(-tiles // batch)
     with cpu_threads(workers):
-        work(1)  # warm-up, as the pipeline's first batch
-        threads = [
-            threading.Thread(target=work, args=(batches // workers + (w < batches % workers),)) for w in range(workers)
-        ]
+        work(itertools.count(), 1)  # warm-up, as the pipeline's first batch
+        shared = itertools.count()
+        threads = [threading.Thread(target=work, args=(shared, -(-tiles // batch))) for _ in range(workers)]
         began = time.perf_counter()
         for t in threads:
             t.start()

@@ -20,7 +20,7 @@ from tiling.masking import CoarseMask, MaskCrop
 from tiling.normalize import Normalization
 from tiling.plan import ChunkPlan, Span
 from tiling.readers.base import RasterReader
-from tiling.windows import window_2d
+from tiling.windows import window_profile
 
 from .budget import HeapGuard, keep_freed_memory, release_free_memory
 from .runner import ModelSpec, get_runner
@@ -81,8 +81,8 @@ class ChunkResult:
 
 
 @lru_cache(maxsize=8)
-def _weight(kind: str, tile: int, sigma: float) -> np.ndarray:
-    return window_2d(kind, tile, sigma)
+def _profile(kind: str, tile: int, sigma: float) -> np.ndarray:
+    return window_profile(kind, tile, sigma)
 
 
 def _pad_to(array: np.ndarray, rows: int, cols: int, value: float | bool) -> np.ndarray:
@@ -159,7 +159,7 @@ def infer_chunk(reader: RasterReader, job: TileJob, task: ChunkTask, _after: obj
 
     local = [(y - rows.start, x - cols.start) for y, x in origins]
     runnable = [o for o in local if tile_is_valid(selected, o[0], o[1], tile, job.min_valid_fraction)]
-    accumulator = Accumulator(rows, cols, job.classes, _weight(job.blend, tile, job.sigma))
+    accumulator = Accumulator(rows, cols, job.classes, _profile(job.blend, tile, job.sigma))
     if runnable:
         keep_freed_memory()
         runner = get_runner(job.model)
@@ -180,10 +180,19 @@ def blend_chunk(
     index: ChunkIndex, rows: Span, cols: Span, classes: int, result: ChunkResult, spills: list[Spill]
 ) -> np.ndarray:
     """Blended probabilities (classes, rows, cols) of chunk ``index``: its own sums plus what its upper and
-    left neighbours spilled into it, divided; NaN where the input is invalid or no tile ran."""
-    probs = blend(rows, cols, classes, [result.own, *(s.pieces.get(index) for s in spills)])
+    left neighbours spilled into it, divided; NaN where the input is invalid or no tile ran.
+
+    The sums are taken in place in the chunk's own accumulator: this task is the only reader of ``result.own``
+    (unless its arrays came read-only, e.g. from another process)."""
+    pieces = [s.pieces.get(index) for s in spills]
+    own = result.own
+    if own is not None and own.num.flags.writeable and own.den.flags.writeable:
+        probs = blend(rows, cols, classes, pieces, into=own)
+    else:
+        probs = blend(rows, cols, classes, [own, *pieces])
     assert result.valid is not None
-    probs[:, ~result.valid] = np.nan
+    if not result.valid.all():
+        probs[:, ~result.valid] = np.nan
     return probs
 
 

@@ -30,6 +30,19 @@ def test_geotiff_window_and_nodata_mask(tmp_path: Path) -> None:
     assert reader.info.crs is not None and reader.info.transform is not None
 
 
+@pytest.mark.parametrize("nodata", [0, 7])
+def test_a_pixel_is_valid_where_any_band_differs_from_nodata(tmp_path: Path, nodata: int) -> None:
+    image = np.full((3, 16, 16), 100, np.uint8)
+    image[:, :4] = nodata  # every band nodata: invalid
+    image[0, 4:8] = nodata  # one band nodata, the others not: valid
+    image[1:, 8:12] = nodata  # two bands nodata: valid
+    reader = open_raster(write_geotiff(tmp_path / "n.tif", image, nodata=nodata))
+    _, valid = reader.read(Span(0, 16), Span(0, 16))
+    expected = np.ones((16, 16), bool)
+    expected[:4] = False
+    np.testing.assert_array_equal(valid, expected)
+
+
 def test_internal_mask_marks_invalid_pixels(tmp_path: Path) -> None:
     image = random_image((3, 64, 64))
     path = tmp_path / "masked.tif"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,13 +25,23 @@ class Contribution:
 
 
 class Accumulator:
-    """Running Σ w·p and Σ w over one rectangle of the raster (a chunk's accumulation extent)."""
+    """Running Σ w·p over one rectangle of the raster (a chunk's accumulation extent), and the Σ w that goes
+    with it.
 
-    def __init__(self, rows: Span, cols: Span, classes: int, weight: np.ndarray) -> None:
+    The tile weight is the outer product of a 1-D ``profile`` with itself (see ``windows.window_2d``). Σ w does
+    not depend on the model, only on which tiles ran, so it is not summed tile by tile: it is computed once,
+    when first needed. Where the tiles that ran form a full grid (every row origin with every column origin, as
+    in a chunk where no tile was skipped) it is the outer product of the two 1-D sums, one pass over the extent
+    instead of a zeroed array and an addition per tile.
+    """
+
+    def __init__(self, rows: Span, cols: Span, classes: int, profile: np.ndarray) -> None:
         self.rows, self.cols = rows, cols
-        self.weight = weight
+        self.profile = profile
+        self.weight = np.outer(profile, profile)
         self.num = np.zeros((classes, rows.size, cols.size), dtype=np.float32)
-        self.den = np.zeros((rows.size, cols.size), dtype=np.float32)
+        self._origins: list[tuple[int, int]] = []  # extent-local, in the order the tiles were added
+        self._den: np.ndarray | None = None
 
     def add(self, probs: np.ndarray, origins: Iterable[tuple[int, int]]) -> None:
         """Add a batch of tile probabilities (batch, classes, T, T) whose top-left pixels are ``origins``."""
@@ -40,7 +50,15 @@ class Accumulator:
         for p, (y, x) in zip(weighted, origins, strict=True):
             r, c = y - self.rows.start, x - self.cols.start
             self.num[:, r : r + tile, c : c + tile] += p
-            self.den[r : r + tile, c : c + tile] += self.weight
+            self._origins.append((r, c))
+        self._den = None
+
+    @property
+    def den(self) -> np.ndarray:
+        """Σ w over the extent of the tiles added so far."""
+        if self._den is None:
+            self._den = tile_weight_sum(self._origins, self.profile, (self.rows.size, self.cols.size))
+        return self._den
 
     def contribution(self, rows: Span, cols: Span, copy: bool) -> Contribution | None:
         """The sums inside ``rows`` × ``cols`` (raster pixels), or None if they do not meet this extent.
@@ -59,13 +77,48 @@ class Accumulator:
         return Contribution(r.start, c.start, num, den)
 
 
-def blend(rows: Span, cols: Span, classes: int, contributions: Iterable[Contribution | None]) -> np.ndarray:
+def tile_weight_sum(origins: Sequence[tuple[int, int]], profile: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Σ w (float32, ``shape``) of tiles at ``origins`` whose weight is ``outer(profile, profile)``.
+
+    Tiles on a full grid (each row origin with each column origin, once) are summed as the outer product of
+    the 1-D sums; others one by one.
+    """
+    tile = profile.shape[0]
+    ys, xs = sorted({y for y, _ in origins}), sorted({x for _, x in origins})
+    if len(origins) == len(ys) * len(xs) and len(set(origins)) == len(origins):
+        along_rows, along_cols = np.zeros(shape[0], np.float32), np.zeros(shape[1], np.float32)
+        for y in ys:
+            along_rows[y : y + tile] += profile
+        for x in xs:
+            along_cols[x : x + tile] += profile
+        return np.outer(along_rows, along_cols)
+    den = np.zeros(shape, np.float32)
+    weight = np.outer(profile, profile)
+    for y, x in origins:
+        den[y : y + tile, x : x + tile] += weight
+    return den
+
+
+def blend(
+    rows: Span,
+    cols: Span,
+    classes: int,
+    contributions: Iterable[Contribution | None],
+    into: Contribution | None = None,
+) -> np.ndarray:
     """Sum the contributions that land on one chunk and divide: probabilities (classes, rows, cols).
 
+    ``into``, a contribution that covers exactly ``rows`` × ``cols`` and may be overwritten (a chunk's own sums,
+    a view of its accumulator), takes the sums in place of new arrays; it counts as the first contribution.
     Pixels that no tile covered (all their tiles were skipped) come out NaN.
     """
-    num = np.zeros((classes, rows.size, cols.size), dtype=np.float32)
-    den = np.zeros((rows.size, cols.size), dtype=np.float32)
+    if into is not None:
+        if (into.row0, into.col0, into.den.shape) != (rows.start, cols.start, (rows.size, cols.size)):
+            raise ValueError("blend: `into` must cover exactly the chunk")
+        num, den = into.num, into.den
+    else:
+        num = np.zeros((classes, rows.size, cols.size), dtype=np.float32)
+        den = np.zeros((rows.size, cols.size), dtype=np.float32)
     for part in contributions:
         if part is None:
             continue
@@ -75,6 +128,9 @@ def blend(rows: Span, cols: Span, classes: int, contributions: Iterable[Contribu
         num[:, r : r + h, c : c + w] += part.num
         den[r : r + h, c : c + w] += part.den
     covered = den > 0
-    np.divide(num, den, out=num, where=covered)
-    num[:, ~covered] = np.nan
+    if covered.all():
+        np.divide(num, den, out=num)
+    else:
+        np.divide(num, den, out=num, where=covered)
+        num[:, ~covered] = np.nan
     return num

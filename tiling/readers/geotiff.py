@@ -57,10 +57,7 @@ class GdalReader:
                 if self._mask_mode == "dataset":
                     valid = ds.read_masks(self.bands[0], window=window) > 0
                 elif self._mask_mode == "nodata":
-                    valid = np.zeros(data.shape[1:], dtype=bool)
-                    for b, band in zip(self.bands, data, strict=True):
-                        nodata = ds.nodatavals[b - 1]
-                        valid |= ~np.isnan(band) if np.isnan(nodata) else band != nodata
+                    valid = _valid_where_not_nodata(data, [ds.nodatavals[b - 1] for b in self.bands])
                 else:
                     valid = np.ones(data.shape[1:], dtype=bool)
         except RasterioError as exc:
@@ -94,6 +91,16 @@ class GdalReader:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._pool = HandlePool(lambda: rasterio.open(self.path))
+
+
+def _valid_where_not_nodata(data: np.ndarray, nodata: list[float]) -> np.ndarray:
+    """Pixels (rows, cols) where any band of ``data`` (bands, rows, cols) differs from its nodata value."""
+    if all(value == 0 for value in nodata):
+        return data.any(axis=0)  # one pass instead of a comparison and an "or" per band (the usual nodata)
+    valid = np.zeros(data.shape[1:], dtype=bool)
+    for band, value in zip(data, nodata, strict=True):
+        valid |= ~np.isnan(band) if np.isnan(value) else band != value
+    return valid
 
 
 def _mask_mode(flags: list[list[MaskFlags]]) -> str:
