@@ -9,6 +9,7 @@ graph carries only small descriptions: the reader reopens its file and the model
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -23,7 +24,7 @@ from tiling.readers.base import RasterReader
 from tiling.windows import window_profile
 
 from .budget import HeapGuard, keep_freed_memory, release_free_memory
-from .runner import ModelSpec, get_runner
+from .runner import ModelSpec, get_runner, runner_is_idle
 
 ChunkIndex = tuple[int, int]
 
@@ -126,6 +127,41 @@ def _reaches(y: int, x: int, tile: int, spans: list[tuple[Span, Span]]) -> bool:
     return any(rows.intersect(r) is not None and cols.intersect(c) is not None for r, c in spans)
 
 
+def _read_parts(rows: Span, local: list[tuple[int, int]], tile: int, height: int, split: bool) -> list[Span]:
+    """The row spans a chunk's window is read in: the whole window, or, when ``split``, first the rows of its
+    first row of tiles and then the rest.
+
+    A chunk that starts while the forward pool has nothing to do (the first of a run, or one after a stretch
+    of masked-out chunks) queues its first row of tiles as soon as those rows are read, instead of leaving
+    every core idle until the whole window is in (4096² RGB: 0.06-0.09 s of a 2240² window's read).
+    """
+    if not split or not local:
+        return [rows]
+    head = rows.start + local[0][0] + tile
+    if head >= min(rows.stop, height):
+        return [rows]
+    return [Span(rows.start, head), Span(head, rows.stop)]
+
+
+def _read_window(
+    reader: RasterReader, rows: Span, cols: Span, raster_shape: tuple[int, int], area: MaskCrop | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The input under ``rows`` × ``cols`` (padded past the raster's end), its validity, and its validity
+    within the valid-area mask."""
+    height, width = raster_shape
+    data, valid = reader.read(Span(rows.start, min(rows.stop, height)), Span(cols.start, min(cols.stop, width)))
+    image = _pad_to(data, rows.size, cols.size, 0)
+    valid = _pad_to(valid, rows.size, cols.size, False)
+    return image, valid, valid if area is None else valid & area.expand(rows, cols)
+
+
+def _joined(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """The window parts read so far, joined along the rows (no copy while there is one)."""
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(np.concatenate(arrays, axis=-2) for arrays in zip(*parts, strict=True))
+
+
 def infer_chunk(reader: RasterReader, job: TileJob, task: ChunkTask, _after: object = None) -> ChunkResult:
     """Read a chunk's window, run the tiles it owns, and split the weighted sums by destination chunk.
 
@@ -150,23 +186,31 @@ def infer_chunk(reader: RasterReader, job: TileJob, task: ChunkTask, _after: obj
             return ChunkResult(None, None, Spill(dict.fromkeys(task.spills_to), TileStats()))
         rows = Span(min(y for y, _ in origins), max(y for y, _ in origins) + tile)
         cols = Span(min(x for _, x in origins), max(x for _, x in origins) + tile)
-    height, width = task.raster_shape
-    data, valid = reader.read(Span(rows.start, min(rows.stop, height)), Span(cols.start, min(cols.stop, width)))
-    image = _pad_to(data, rows.size, cols.size, 0)
-    valid = _pad_to(valid, rows.size, cols.size, False)
-    selected = valid if area is None else valid & area.expand(rows, cols)
-    del data
-
-    local = [(y - rows.start, x - cols.start) for y, x in origins]
-    runnable = [o for o in local if tile_is_valid(selected, o[0], o[1], tile, job.min_valid_fraction)]
+    local = [(y - rows.start, x - cols.start) for y, x in origins]  # row-major
     accumulator = Accumulator(rows, cols, job.classes, _profile(job.blend, tile, job.sigma))
-    if runnable:
-        keep_freed_memory()
-        runner = get_runner(job.model)
-        mask = None if valid.all() else valid
-        for batch_origins, probs in runner.run(image, mask, runnable, tile, job.normalization, task.rank):
-            accumulator.add(probs, [(y + rows.start, x + cols.start) for y, x in batch_origins])
-    del image
+    runnable: list[tuple[int, int]] = []
+    considered = 0
+    with contextlib.ExitStack() as queued:
+        groups = []
+        parts: list[tuple[np.ndarray, ...]] = []
+        for part in _read_parts(rows, local, tile, task.raster_shape[0], runner_is_idle(job.model)):
+            parts.append(_read_window(reader, part, cols, task.raster_shape, area))
+            image, valid, selected = _joined(parts)
+            ready = [o for o in local[considered:] if o[0] + tile <= image.shape[-2]]
+            considered += len(ready)
+            run_now = [o for o in ready if tile_is_valid(selected, o[0], o[1], tile, job.min_valid_fraction)]
+            if run_now:
+                keep_freed_memory()
+                mask = None if valid.all() else valid
+                runner = get_runner(job.model)
+                group = runner.queued(image, mask, run_now, tile, job.normalization, task.rank)
+                groups.append(queued.enter_context(group))
+                runnable += run_now
+        del parts, image, valid
+        for results in groups:
+            for batch_origins, probs in results:
+                accumulator.add(probs, [(y + rows.start, x + cols.start) for y, x in batch_origins])
+    assert considered == len(local)
 
     spill = {index: accumulator.contribution(r, c, copy=True) for index, (r, c) in task.spills_to.items()}
     stats = TileStats(len(runnable), len(local) - len(runnable))

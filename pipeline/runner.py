@@ -181,7 +181,15 @@ class ForwardPool:
 
     def run(self, request: TileRequest, threads: int) -> Iterator[tuple[list[Origin], np.ndarray]]:
         """Run ``request`` on ``threads`` pool threads; yields (origins, probabilities) batch by batch."""
+        with self.queued(request, threads) as results:
+            yield from results
+
+    @contextlib.contextmanager
+    def queued(self, request: TileRequest, threads: int) -> Iterator[Iterator[tuple[list[Origin], np.ndarray]]]:
+        """Queue ``request`` now, on ``threads`` pool threads; the value is an iterator over its (origins,
+        probabilities) batch by batch. Leaving the block gives up the tiles not yet taken (a failed caller)."""
         if not request.origins:
+            yield iter(())
             return
         with self._changed:
             if self._closed:
@@ -195,23 +203,33 @@ class ForwardPool:
                 thread.start()
             bisect.insort(self._requests, request, key=lambda r: r.priority)  # after the equal ones
             self._changed.notify_all()
-        finished: dict[int, tuple[list[Origin], np.ndarray]] = {}
-        yielded = returned = 0
         try:
-            while returned < len(request.origins):
-                number, origins, outcome = request.results.get()
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                finished[number] = origins, outcome
-                while yielded in finished:  # in batch order, so the sums do not depend on thread timing
-                    origins, probs = finished.pop(yielded)
-                    yielded += 1
-                    returned += len(origins)
-                    yield origins, probs
+            yield self._results(request)
         finally:
             with self._changed:  # a failed or abandoned request gives up its remaining tiles
                 if request in self._requests:
                     self._requests.remove(request)
+
+    @property
+    def idle(self) -> bool:
+        """No queued tile is waiting for a thread (the threads may still be finishing their last batches)."""
+        with self._changed:
+            return not self._requests
+
+    @staticmethod
+    def _results(request: TileRequest) -> Iterator[tuple[list[Origin], np.ndarray]]:
+        finished: dict[int, tuple[list[Origin], np.ndarray]] = {}
+        yielded = returned = 0
+        while returned < len(request.origins):
+            number, origins, outcome = request.results.get()
+            if isinstance(outcome, BaseException):
+                raise outcome
+            finished[number] = origins, outcome
+            while yielded in finished:  # in batch order, so the sums do not depend on thread timing
+                origins, probs = finished.pop(yielded)
+                yielded += 1
+                returned += len(origins)
+                yield origins, probs
 
     def close(self) -> None:
         """Let the threads end once they run out of work (they hold the model); a later request is refused."""
@@ -323,10 +341,41 @@ class ModelRunner:
         valid). Yields (origins of the batch, probabilities (batch, classes, tile, tile) float32) in the order
         of ``origins``. On a CPU, callers with a lower ``priority`` get the cores first.
         """
-        if self._pool is not None:
-            request = TileRequest(image, valid, origins, tile, normalization, priority)
-            yield from self._pool.run(request, forward_threads())
+        with self.queued(image, valid, origins, tile, normalization, priority) as results:
+            yield from results
+
+    @contextlib.contextmanager
+    def queued(
+        self,
+        image: np.ndarray,
+        valid: np.ndarray | None,
+        origins: Sequence[Origin],
+        tile: int,
+        normalization: Normalization,
+        priority: int = 0,
+    ) -> Iterator[Iterator[tuple[list[Origin], np.ndarray]]]:
+        """``run``, with the tiles queued for the forward pool on entering the block (on a CPU) rather than on
+        the first ``next``: the caller can read more of its input while the first tiles run."""
+        if self._pool is None:
+            yield self._run_in_caller(image, valid, origins, tile, normalization)
             return
+        request = TileRequest(image, valid, origins, tile, normalization, priority)
+        with self._pool.queued(request, forward_threads()) as results:
+            yield results
+
+    @property
+    def idle(self) -> bool:
+        """Whether the forward pool has no tiles waiting (always False without a pool: the caller runs them)."""
+        return self._pool is not None and self._pool.idle
+
+    def _run_in_caller(
+        self,
+        image: np.ndarray,
+        valid: np.ndarray | None,
+        origins: Sequence[Origin],
+        tile: int,
+        normalization: Normalization,
+    ) -> Iterator[tuple[list[Origin], np.ndarray]]:
         start = 0
         while start < len(origins):
             batch_origins, probs = self._run_batch(image, valid, origins, start, tile, normalization)
@@ -440,6 +489,16 @@ def get_runner(spec: ModelSpec) -> ModelRunner:
         if runner is None:
             runner = _RUNNERS[spec] = ModelRunner(spec)
         return runner
+
+
+def runner_is_idle(spec: ModelSpec) -> bool:
+    """Whether this process's runner for ``spec`` has no tiles waiting for its forward pool (a runner on a GPU
+    has no pool: False)."""
+    with _RUNNERS_LOCK:
+        runner = _RUNNERS.get(spec)
+    if runner is None:  # not loaded yet, so nothing is queued; a GPU runs its tiles in the caller
+        return spec.device == "cpu" or (spec.device == "auto" and not torch.cuda.is_available())
+    return runner.idle
 
 
 def release_runners() -> None:

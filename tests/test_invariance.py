@@ -135,3 +135,40 @@ def test_nodata_pixels_are_nodata_and_tiles_without_data_are_skipped(tmp_path: P
     assert np.isin(labels[:, 100:], [0, 1]).all()
     assert report.tiles_skipped > 0
     assert report.tiles_run + report.tiles_skipped == report.tiles_total
+
+
+def test_a_chunk_read_in_parts_queues_its_first_row_of_tiles_before_reading_the_rest(
+    scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk that starts while the forward pool is idle reads the rows of its first tile row, queues those
+    tiles, then reads the rest; the output is the same as reading each window at once."""
+    from pipeline import graph, runner
+    from tiling.readers import GdalReader
+
+    path, _image, checkpoint = scene
+    events: list[tuple[str, int]] = []
+    original_read, original_queued = GdalReader.read, runner.ModelRunner.queued
+
+    def read_spy(self, rows, cols):
+        events.append(("read", rows.size))
+        return original_read(self, rows, cols)
+
+    def queued_spy(self, image, valid, origins, *args):
+        events.append(("queued", len(origins)))
+        return original_queued(self, image, valid, origins, *args)
+
+    monkeypatch.setattr(GdalReader, "read", read_spy)
+    monkeypatch.setattr(runner.ModelRunner, "queued", queued_spy)
+    outputs = {}
+    for idle in (False, True):
+        monkeypatch.setattr(graph, "runner_is_idle", lambda spec, idle=idle: idle)
+        events.clear()
+        # One worker: the chunks' reads and queues do not interleave in the record.
+        outputs[idle] = _probs(path, checkpoint, tmp_path / f"idle{idle}.zarr", chunk=128, batch_size=1, workers=1)
+        if idle:
+            # Chunk (0, 0) owns tiles at 0, 44 and 88 along each axis; its window has 88 + 64 rows: first the
+            # 64 rows of its first row of tiles, those 3 tiles, then the other rows and their 6 tiles.
+            assert events[:4] == [("read", TILE), ("queued", 3), ("read", 88), ("queued", 6)]
+        else:
+            assert events[:2] == [("read", 88 + TILE), ("queued", 9)]
+    np.testing.assert_array_equal(outputs[True], outputs[False])
