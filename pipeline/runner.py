@@ -326,24 +326,6 @@ class ModelRunner:
                 total = total / len(flips)
         return total.float().contiguous().cpu().numpy()
 
-    def run(
-        self,
-        image: np.ndarray,
-        valid: np.ndarray | None,
-        origins: Sequence[Origin],
-        tile: int,
-        normalization: Normalization,
-        priority: int = 0,
-    ) -> Iterator[tuple[list[Origin], np.ndarray]]:
-        """Probabilities of the tiles of ``image`` (bands, rows, cols; raw pixels) at local ``origins``.
-
-        ``valid`` (rows, cols) marks pixels to keep; the others are set to 0 after normalisation (None: all
-        valid). Yields (origins of the batch, probabilities (batch, classes, tile, tile) float32) in the order
-        of ``origins``. On a CPU, callers with a lower ``priority`` get the cores first.
-        """
-        with self.queued(image, valid, origins, tile, normalization, priority) as results:
-            yield from results
-
     @contextlib.contextmanager
     def queued(
         self,
@@ -354,12 +336,19 @@ class ModelRunner:
         normalization: Normalization,
         priority: int = 0,
     ) -> Iterator[Iterator[tuple[list[Origin], np.ndarray]]]:
-        """``run``, with the tiles queued for the forward pool on entering the block (on a CPU) rather than on
-        the first ``next``: the caller can read more of its input while the first tiles run."""
-        if self._pool is None:
-            yield self._run_in_caller(image, valid, origins, tile, normalization)
-            return
+        """Probabilities of the tiles of ``image`` (bands, rows, cols; raw pixels) at local ``origins``.
+
+        ``valid`` (rows, cols) marks pixels to keep; the others are set to 0 after normalisation (None: all
+        valid). The value of the block is an iterator over (origins of the batch, probabilities (batch, classes,
+        tile, tile) float32) in the order of ``origins``. On a CPU the tiles are queued for the forward pool on
+        entering the block, so the caller can read more of its input while they run, and callers with a lower
+        ``priority`` get the cores first; leaving the block gives up the tiles not yet run. On a GPU the caller
+        runs them as it iterates.
+        """
         request = TileRequest(image, valid, origins, tile, normalization, priority)
+        if self._pool is None:
+            yield self._run_in_caller(request)
+            return
         with self._pool.queued(request, forward_threads()) as results:
             yield results
 
@@ -368,17 +357,10 @@ class ModelRunner:
         """Whether the forward pool has no tiles waiting (always False without a pool: the caller runs them)."""
         return self._pool is not None and self._pool.idle
 
-    def _run_in_caller(
-        self,
-        image: np.ndarray,
-        valid: np.ndarray | None,
-        origins: Sequence[Origin],
-        tile: int,
-        normalization: Normalization,
-    ) -> Iterator[tuple[list[Origin], np.ndarray]]:
+    def _run_in_caller(self, request: TileRequest) -> Iterator[tuple[list[Origin], np.ndarray]]:
         start = 0
-        while start < len(origins):
-            batch_origins, probs = self._run_batch(image, valid, origins, start, tile, normalization)
+        while start < len(request.origins):
+            batch_origins, probs = self._run_batch(request, start)
             start += len(batch_origins)
             yield batch_origins, probs
 
@@ -413,20 +395,13 @@ class ModelRunner:
             self.tiles_run += len(origins)
         return probs
 
-    def _run_batch(
-        self,
-        image: np.ndarray,
-        valid: np.ndarray | None,
-        origins: Sequence[Origin],
-        start: int,
-        tile: int,
-        normalization: Normalization,
-    ) -> tuple[list[Origin], np.ndarray]:
-        """The next batch from ``start`` on a GPU, trying smaller batches while it runs out of memory."""
+    def _run_batch(self, request: TileRequest, start: int) -> tuple[list[Origin], np.ndarray]:
+        """The next batch of ``request`` from ``start`` on a GPU, trying smaller batches while it runs out of
+        memory."""
         while True:
-            batch_origins = list(origins[start : start + self._next_size()])
+            batch_origins = list(request.origins[start : start + self._next_size()])
             try:
-                return batch_origins, self._timed_forward(image, valid, batch_origins, tile, normalization)
+                return batch_origins, self._run_request(request, batch_origins)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 if len(batch_origins) == 1:
