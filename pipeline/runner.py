@@ -259,8 +259,7 @@ class ModelRunner:
     """A loaded model and the means to run tiles through it."""
 
     def __init__(self, spec: ModelSpec) -> None:
-        if spec.device == "auto":  # decided by the worker the model lands on
-            spec = replace(spec, device="cuda:0" if torch.cuda.is_available() else "cpu")
+        spec = replace(spec, device=process_device(spec.device))
         self.spec = spec
         if spec.checkpoint.startswith(MEMORY_PREFIX):
             checkpoint = _IN_MEMORY[spec.checkpoint]
@@ -466,13 +465,20 @@ def get_runner(spec: ModelSpec) -> ModelRunner:
         return runner
 
 
+def process_device(device: str) -> str:
+    """The device a model runs on in this process: ``auto`` is decided by the process the model lands on."""
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def runner_is_idle(spec: ModelSpec) -> bool:
     """Whether this process's runner for ``spec`` has no tiles waiting for its forward pool (a runner on a GPU
     has no pool: False)."""
     with _RUNNERS_LOCK:
         runner = _RUNNERS.get(spec)
     if runner is None:  # not loaded yet, so nothing is queued; a GPU runs its tiles in the caller
-        return spec.device == "cpu" or (spec.device == "auto" and not torch.cuda.is_available())
+        return process_device(spec.device) == "cpu"
     return runner.idle
 
 
