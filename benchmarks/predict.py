@@ -5,7 +5,8 @@
 For each generated RGB GeoTIFF size, two child processes (so peak RSS is per run):
 - model-bound: the default U-Net; ratio = time of the model alone on the same tiles, laid out as the run lays
   them out (same threads, same batch size) / end-to-end time (fastest of each side over alternating runs: at
-  least 3 pairs and 2 minutes of runs);
+  least 5 pairs and 3 minutes of runs), with two figures taken inside each run beside it (see
+  ``child_model_bound``);
 - pipeline-bound: a 1×1-conv model (a GPU that makes the model nearly free); ratio = end-to-end time /
   a plain windowed rasterio copy that reads every band and writes a uint8 map of the same raster (best of 3
   alternating runs of each, in the same process).
@@ -78,11 +79,11 @@ def _pointwise_checkpoint():
     return Checkpoint(conv.eval(), card)
 
 
-def _model_alone(model, tiles: int, batch: int, workers: int) -> float:
-    """Seconds to run ``tiles`` random tiles through ``model`` the way the pipeline lays out the work:
-    ``workers`` threads side by side, each with its share of the cores, each taking the next batch of
-    ``batch`` tiles until none is left (as the forward pool's threads do, so a core that runs slower for a
-    while does not leave the other idle at the end)."""
+def _model_alone(model, tiles: int, batch: int, workers: int) -> tuple[float, float]:
+    """Seconds, and CPU seconds of the forward threads, to run ``tiles`` random tiles through ``model`` the way
+    the pipeline lays out the work: ``workers`` threads side by side, each with its share of the cores, each
+    taking the next batch of ``batch`` tiles until none is left (as the forward pool's threads do, so a core
+    that runs slower for a while does not leave the other idle at the end)."""
     import itertools
     import threading
 
@@ -90,14 +91,19 @@ def _model_alone(model, tiles: int, batch: int, workers: int) -> float:
 
     from pipeline.runner import cpu_threads
 
+    cpu_seconds: list[float] = []
+
     def work(taken: Iterator[int], batches: int) -> None:
         x = torch.randn(batch, 3, 256, 256).contiguous(memory_format=torch.channels_last)
+        began = time.thread_time()
         with torch.inference_mode():
             while next(taken) < batches:  # a shared counter: next() on it is atomic under the GIL
                 torch.sigmoid(model(x))
+        cpu_seconds.append(time.thread_time() - began)
 
     with cpu_threads(workers):
         work(itertools.count(), 1)  # warm-up, as the pipeline's first batch
+        cpu_seconds.clear()
         shared = itertools.count()
         threads = [threading.Thread(target=work, args=(shared, -(-tiles // batch))) for _ in range(workers)]
         began = time.perf_counter()
@@ -105,38 +111,66 @@ def _model_alone(model, tiles: int, batch: int, workers: int) -> float:
             t.start()
         for t in threads:
             t.join()
-        return time.perf_counter() - began
+        return time.perf_counter() - began, sum(cpu_seconds)
 
 
-def child_model_bound(scene: Path, workdir: Path, min_runs: int = 3, min_seconds: float = 120.0) -> dict[str, float]:
-    """The run and the model alone, alternating, until each side ran ``min_runs`` times and the runs took
-    ``min_seconds`` in all; ratio = fastest model alone / fastest run.
+def child_model_bound(scene: Path, workdir: Path, min_runs: int = 5, min_seconds: float = 180.0) -> dict[str, float]:
+    """The run and the model alone, alternating (run first in odd pairs, model alone first in even ones, so a
+    steady drift favours neither), until each side ran ``min_runs`` times and the runs took ``min_seconds`` in
+    all; ratio = fastest model alone / fastest run.
 
     This machine's speed drifts by up to 20 % between consecutive identical runs, so one slow phase can decide
-    a single pair: the fastest of several of each side is the figure. The median of the pairs' own ratios is
-    reported beside it.
+    a single pair: the fastest of several of each side is the figure. Printed beside it: the median of the
+    pairs' own ratios, and two figures taken inside each run, where a drift cannot fall between the sides:
+    ``model_share``, the CPU seconds of the forward passes over the run's core-seconds (wall time × forward
+    threads; the rest is the pipeline's own work and idle cores), and ``forward_cpu_ratio``, CPU seconds per
+    tile of the model alone over those of the run's forward passes (below 1 where the run's other work slows
+    the forward passes down, through the caches or memory bandwidth they share).
     """
     from pipeline import predict
+    from pipeline.prediction import CPU_MAX_BATCH
     from pipeline.runner import ModelSpec, get_runner
 
     checkpoint = _default_checkpoint(workdir)
     out = workdir / f"out_model_{scene.stem}.tif"
+    # The run's own runner (the spec predict makes on a CPU), loaded before the first run as the later runs find
+    # it: every run is timed with the model in memory, and the model alone is the very model the run used.
+    runner = get_runner(ModelSpec.for_checkpoint(checkpoint, channels_last=True, max_batch=CPU_MAX_BATCH))
     runs: list[float] = []
     alone: list[float] = []
+    run_cpu: list[float] = []  # CPU seconds of the forward passes, each side
+    alone_cpu: list[float] = []
     peak, report = 0.0, None
-    while len(runs) < min_runs or sum(runs) < min_seconds:
+
+    def one_run() -> None:
+        nonlocal peak, report
+        cpu_before = runner.forward_cpu_seconds
         report = predict(scene, out, checkpoint, overwrite=True)
         if not runs:
             peak = _peak_rss_mib()
         runs.append(report.seconds)
-        model = get_runner(ModelSpec.for_checkpoint(checkpoint, channels_last=True, max_batch=4)).model
-        alone.append(_model_alone(model, report.tiles_run, report.batch_size or 1, report.workers))
+        run_cpu.append(runner.forward_cpu_seconds - cpu_before)
+        if not run_cpu[-1]:
+            raise RuntimeError("the run did not use the benchmark's runner: its model spec differs")
+
+    while len(runs) < min_runs or sum(runs) < min_seconds:
+        run_first = len(runs) % 2 == 0  # so the first pair, which gives the model alone its layout
+        if run_first:
+            one_run()
+        assert report is not None
+        seconds, cpu = _model_alone(runner.model, report.tiles_run, report.batch_size or 1, report.workers)
+        alone.append(seconds)
+        alone_cpu.append(cpu)
+        if not run_first:
+            one_run()
     assert report is not None
     return {
         "end_to_end_s": min(runs),
         "model_alone_s": min(alone),
         "ratio": min(alone) / min(runs),
         "paired_median": float(np.median([a / r for a, r in zip(alone, runs, strict=True)])),
+        "model_share": float(np.median([c / (r * report.workers) for c, r in zip(run_cpu, runs, strict=True)])),
+        "forward_cpu_ratio": float(np.median([a / r for a, r in zip(alone_cpu, run_cpu, strict=True)])),
         "pairs": len(runs),
         "runs_s": "/".join(f"{t:.1f}" for t in runs),
         "alone_s": "/".join(f"{t:.1f}" for t in alone),

@@ -281,6 +281,9 @@ class ModelRunner:
         self._pool = ForwardPool(self._next_size, self._run_request) if self.device.type == "cpu" else None
         self._state_lock = threading.Lock()
         self.tiles_run = 0
+        #: CPU seconds the forward passes took on the threads that ran them (meaningful on a CPU device: a GPU
+        #: forward's thread mostly waits); the benchmark divides it by a run's core-seconds.
+        self.forward_cpu_seconds = 0.0
         self._norm_cache: dict[Normalization, tuple[torch.Tensor, torch.Tensor]] = {}
         self.sizer = BatchSizer(self._candidates())
 
@@ -386,12 +389,13 @@ class ModelRunner:
         """Stack the tiles at ``origins``, run them, and report the batch's time to the sizer."""
         batch = np.stack([image[:, y : y + tile, x : x + tile] for y, x in origins])
         batch_valid = None if valid is None else np.stack([valid[y : y + tile, x : x + tile] for y, x in origins])
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.thread_time()
         with self._forward_lock:
             probs = self._forward(batch, batch_valid, normalization)
         with self._state_lock:
             self.sizer.record(len(origins), time.perf_counter() - began)
             self.tiles_run += len(origins)
+            self.forward_cpu_seconds += time.thread_time() - cpu_began
         return probs
 
     def _run_batch(self, request: TileRequest, start: int) -> tuple[list[Origin], np.ndarray]:

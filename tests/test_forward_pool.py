@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.runner import ForwardPool, TileRequest
+from pipeline.runner import ForwardPool, ModelRunner, ModelSpec, TileRequest
 from tiling.normalize import Normalization
 
 NORM = Normalization((0.0,), (1.0,))
@@ -119,3 +119,16 @@ def test_a_closed_pool_lets_its_threads_end_and_refuses_more_work() -> None:
     assert not any(thread.is_alive() for thread in threads)
     with pytest.raises(RuntimeError, match="closed"):
         list(pool.run(_request([(0, 0)]), threads=1))
+
+
+def test_the_runner_counts_the_cpu_seconds_of_its_forward_passes(checkpoint) -> None:
+    runner = ModelRunner(ModelSpec.for_checkpoint(checkpoint))
+    image = np.random.default_rng(0).integers(0, 255, (3, 128, 128), dtype=np.uint8)
+    origins = [(y, x) for y in (0, 64) for x in (0, 64)]
+    cpu_before = time.process_time()
+    with runner.queued(image, None, origins, 64, runner.card.normalization) as results:
+        assert sum(len(batch) for batch, _ in results) == 4
+    spent = time.process_time() - cpu_before  # every thread of the process
+    runner.close()
+    assert runner.tiles_run == 4
+    assert 0 < runner.forward_cpu_seconds <= spent
