@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -79,36 +78,55 @@ def _pointwise_checkpoint():
     return Checkpoint(conv.eval(), card)
 
 
-def _model_alone(model, tiles: int, batch: int, workers: int) -> tuple[float, float]:
-    """Seconds, and CPU seconds of the forward threads, to run ``tiles`` random tiles through ``model`` the way
-    the pipeline lays out the work: ``workers`` threads side by side, each with its share of the cores, each
-    taking the next batch of ``batch`` tiles until none is left (as the forward pool's threads do, so a core
-    that runs slower for a while does not leave the other idle at the end)."""
+def _tile_batches(scene: Path, tile: int, batch: int) -> list[np.ndarray]:
+    """The tiles a run of ``scene`` takes to the model (raw pixels, the default grid's tiles in its order),
+    stacked in batches of ``batch``."""
+    import rasterio
+
+    from pipeline.options import PredictOptions
+    from tiling.grid import TileGrid, resolve_overlap
+
+    with rasterio.open(scene) as src:
+        image = src.read()
+    grid = TileGrid(image.shape[1], image.shape[2], tile, resolve_overlap(PredictOptions().overlap, tile))
+    origins = [(t.y, t.x) for t in grid.tiles()]
+    return [
+        np.stack([image[:, y : y + tile, x : x + tile] for y, x in origins[start : start + batch]])
+        for start in range(0, len(origins), batch)
+    ]
+
+
+def _model_alone(runner, batches: list[np.ndarray], workers: int) -> tuple[float, float]:
+    """Seconds, and CPU seconds of the forward threads, to take ``batches`` (stacked raw tiles) through the
+    runner's forward pass (normalisation, model, probabilities: what the run's forward threads do with a batch)
+    the way the pipeline lays out the work: ``workers`` threads side by side, each with its share of the cores,
+    each taking the next batch until none is left (as the forward pool's threads do, so a core that runs slower
+    for a while does not leave the other idle at the end). Each thread runs one batch before the clock starts,
+    as the pool's threads, which live from run to run, have."""
     import itertools
     import threading
 
-    import torch
-
     from pipeline.runner import cpu_threads
 
+    normalization = runner.card.normalization
+    taken = itertools.count()
+    warm = threading.Barrier(workers + 1)
     cpu_seconds: list[float] = []
 
-    def work(taken: Iterator[int], batches: int) -> None:
-        x = torch.randn(batch, 3, 256, 256).contiguous(memory_format=torch.channels_last)
+    def work() -> None:
+        runner.probabilities(batches[0], None, normalization)
+        warm.wait()
         began = time.thread_time()
-        with torch.inference_mode():
-            while next(taken) < batches:  # a shared counter: next() on it is atomic under the GIL
-                torch.sigmoid(model(x))
+        while (index := next(taken)) < len(batches):  # a shared counter: next() on it is atomic under the GIL
+            runner.probabilities(batches[index], None, normalization)
         cpu_seconds.append(time.thread_time() - began)
 
     with cpu_threads(workers):
-        work(itertools.count(), 1)  # warm-up, as the pipeline's first batch
-        cpu_seconds.clear()
-        shared = itertools.count()
-        threads = [threading.Thread(target=work, args=(shared, -(-tiles // batch))) for _ in range(workers)]
-        began = time.perf_counter()
+        threads = [threading.Thread(target=work) for _ in range(workers)]
         for t in threads:
             t.start()
+        warm.wait()
+        began = time.perf_counter()
         for t in threads:
             t.join()
         return time.perf_counter() - began, sum(cpu_seconds)
@@ -153,12 +171,16 @@ def child_model_bound(scene: Path, workdir: Path, min_runs: int = 5, min_seconds
         if not run_cpu[-1]:
             raise RuntimeError("the run did not use the benchmark's runner: its model spec differs")
 
+    batches: list[np.ndarray] = []
     while len(runs) < min_runs or sum(runs) < min_seconds:
         run_first = len(runs) % 2 == 0  # so the first pair, which gives the model alone its layout
         if run_first:
             one_run()
         assert report is not None
-        seconds, cpu = _model_alone(runner.model, report.tiles_run, report.batch_size or 1, report.workers)
+        if not batches:  # the run's batch size, chosen during the first run
+            batches = _tile_batches(scene, runner.card.tile_size, report.batch_size or 1)
+            assert sum(len(b) for b in batches) == report.tiles_run
+        seconds, cpu = _model_alone(runner, batches, report.workers)
         alone.append(seconds)
         alone_cpu.append(cpu)
         if not run_first:

@@ -305,7 +305,7 @@ class ModelRunner:
             cached = self._norm_cache[normalization] = (mean, inv_std[None, :, None, None])
         return cached
 
-    def _forward(self, batch: np.ndarray, valid: np.ndarray | None, normalization: Normalization) -> np.ndarray:
+    def probabilities(self, batch: np.ndarray, valid: np.ndarray | None, normalization: Normalization) -> np.ndarray:
         """Probabilities (batch, classes, T, T) of raw tiles (batch, bands, T, T), normalised on the device."""
         mean, inv_std = self._normalizer(normalization)
         x = torch.from_numpy(batch).to(self.device, non_blocking=True).float()
@@ -391,7 +391,7 @@ class ModelRunner:
         batch_valid = None if valid is None else np.stack([valid[y : y + tile, x : x + tile] for y, x in origins])
         began, cpu_began = time.perf_counter(), time.thread_time()
         with self._forward_lock:
-            probs = self._forward(batch, batch_valid, normalization)
+            probs = self.probabilities(batch, batch_valid, normalization)
         with self._state_lock:
             self.sizer.record(len(origins), time.perf_counter() - began)
             self.tiles_run += len(origins)
