@@ -139,11 +139,11 @@ def child_model_bound(scene: Path, workdir: Path, min_runs: int = 5, min_seconds
 
     This machine's speed drifts by up to 20 % between consecutive identical runs, so one slow phase can decide
     a single pair: the fastest of several of each side is the figure. Printed beside it: the median of the
-    pairs' own ratios, and two figures taken inside each run, where a drift cannot fall between the sides:
-    ``model_share``, the CPU seconds of the forward passes over the run's core-seconds (wall time × forward
-    threads; the rest is the pipeline's own work and idle cores), and ``forward_cpu_ratio``, CPU seconds per
-    tile of the model alone over those of the run's forward passes (below 1 where the run's other work slows
-    the forward passes down, through the caches or memory bandwidth they share).
+    pairs' own ratios; ``model_share``, the CPU seconds of the run's forward passes over its core-seconds (wall
+    time × forward threads; the rest is the pipeline's own work and idle cores), taken inside each run, where no
+    drift can fall between the sides; and ``forward_cpu_ratio``, the median over the pairs of the CPU seconds per
+    tile of the model alone over those of the run's forward passes (below 1 where the forward passes run slower
+    inside the run). The ratio is about their product.
     """
     from pipeline import predict
     from pipeline.prediction import CPU_MAX_BATCH
