@@ -78,17 +78,14 @@ def _pointwise_checkpoint():
     return Checkpoint(conv.eval(), card)
 
 
-def _tile_batches(scene: Path, tile: int, batch: int) -> list[np.ndarray]:
-    """The tiles a run of ``scene`` takes to the model (raw pixels, the default grid's tiles in its order),
-    stacked in batches of ``batch``."""
+def _tile_batches(scene: Path, grid, batch: int) -> list[np.ndarray]:
+    """The tiles of ``grid`` (the run's) over ``scene``, raw pixels in the grid's order, stacked in batches of
+    ``batch``."""
     import rasterio
-
-    from pipeline.options import PredictOptions
-    from tiling.grid import TileGrid, resolve_overlap
 
     with rasterio.open(scene) as src:
         image = src.read()
-    grid = TileGrid(image.shape[1], image.shape[2], tile, resolve_overlap(PredictOptions().overlap, tile))
+    tile = grid.tile
     origins = [(t.y, t.x) for t in grid.tiles()]
     return [
         np.stack([image[:, y : y + tile, x : x + tile] for y, x in origins[start : start + batch]])
@@ -146,14 +143,17 @@ def child_model_bound(scene: Path, workdir: Path, min_runs: int = 5, min_seconds
     inside the run). The ratio is about their product.
     """
     from pipeline import predict
-    from pipeline.prediction import CPU_MAX_BATCH
-    from pipeline.runner import ModelSpec, get_runner
+    from pipeline.options import PredictOptions
+    from pipeline.prediction import prepare
+    from pipeline.runner import get_runner
 
     checkpoint = _default_checkpoint(workdir)
     out = workdir / f"out_model_{scene.stem}.tif"
-    # The run's own runner (the spec predict makes on a CPU), loaded before the first run as the later runs find
+    # The run's own grid and runner (what predict sets up), loaded before the first run as the later runs find
     # it: every run is timed with the model in memory, and the model alone is the very model the run used.
-    runner = get_runner(ModelSpec.for_checkpoint(checkpoint, channels_last=True, max_batch=CPU_MAX_BATCH))
+    setup = prepare(scene, checkpoint, PredictOptions())
+    setup.reader.close()
+    runner = get_runner(setup.job.model)
     runs: list[float] = []
     alone: list[float] = []
     run_cpu: list[float] = []  # CPU seconds of the forward passes, each side
@@ -178,7 +178,7 @@ def child_model_bound(scene: Path, workdir: Path, min_runs: int = 5, min_seconds
             one_run()
         assert report is not None
         if not batches:  # the run's batch size, chosen during the first run
-            batches = _tile_batches(scene, runner.card.tile_size, report.batch_size or 1)
+            batches = _tile_batches(scene, setup.grid, report.batch_size or 1)
             assert sum(len(b) for b in batches) == report.tiles_run
         seconds, cpu = _model_alone(runner, batches, report.workers)
         alone.append(seconds)

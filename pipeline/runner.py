@@ -376,22 +376,13 @@ class ModelRunner:
             return self.sizer.next_size()
 
     def _run_request(self, request: TileRequest, origins: list[Origin]) -> np.ndarray:
-        return self._timed_forward(request.image, request.valid, origins, request.tile, request.normalization)
-
-    def _timed_forward(
-        self,
-        image: np.ndarray,
-        valid: np.ndarray | None,
-        origins: list[Origin],
-        tile: int,
-        normalization: Normalization,
-    ) -> np.ndarray:
-        """Stack the tiles at ``origins``, run them, and report the batch's time to the sizer."""
-        batch = np.stack([image[:, y : y + tile, x : x + tile] for y, x in origins])
+        """Stack the tiles of ``request`` at ``origins``, run them, and report the batch's time to the sizer."""
+        tile, valid = request.tile, request.valid
+        batch = np.stack([request.image[:, y : y + tile, x : x + tile] for y, x in origins])
         batch_valid = None if valid is None else np.stack([valid[y : y + tile, x : x + tile] for y, x in origins])
         began, cpu_began = time.perf_counter(), time.thread_time()
         with self._forward_lock:
-            probs = self.probabilities(batch, batch_valid, normalization)
+            probs = self.probabilities(batch, batch_valid, request.normalization)
         with self._state_lock:
             self.sizer.record(len(origins), time.perf_counter() - began)
             self.tiles_run += len(origins)
