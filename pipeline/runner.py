@@ -377,9 +377,8 @@ class ModelRunner:
 
     def _run_request(self, request: TileRequest, origins: list[Origin]) -> np.ndarray:
         """Stack the tiles of ``request`` at ``origins``, run them, and report the batch's time to the sizer."""
-        tile, valid = request.tile, request.valid
-        batch = np.stack([request.image[:, y : y + tile, x : x + tile] for y, x in origins])
-        batch_valid = None if valid is None else np.stack([valid[y : y + tile, x : x + tile] for y, x in origins])
+        batch = _stacked(request.image, origins, request.tile)
+        batch_valid = None if request.valid is None else _stacked(request.valid, origins, request.tile)
         began, cpu_began = time.perf_counter(), time.thread_time()
         with self._forward_lock:
             probs = self.probabilities(batch, batch_valid, request.normalization)
@@ -403,6 +402,16 @@ class ModelRunner:
                 with self._state_lock:
                     smaller = [c for c in self.sizer.candidates if c < len(batch_origins)]
                     self.sizer = BatchSizer(smaller or [1])
+
+
+def _stacked(image: np.ndarray, origins: Sequence[Origin], tile: int) -> np.ndarray:
+    """The tiles of ``image`` (..., rows, cols) at ``origins``, stacked on a new first axis. A single tile is a
+    view (when it may be written: torch takes no read-only array): ``probabilities`` copies it once anyway, when it
+    converts it to float."""
+    if len(origins) == 1 and image.flags.writeable:
+        (y, x), *_ = origins
+        return image[np.newaxis, ..., y : y + tile, x : x + tile]
+    return np.stack([image[..., y : y + tile, x : x + tile] for y, x in origins])
 
 
 #: Forward passes a CPU process runs side by side (the pool threads at work).

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.runner import ForwardPool, ModelRunner, ModelSpec, TileRequest
+from pipeline.runner import ForwardPool, ModelRunner, ModelSpec, TileRequest, _stacked
 from tiling.normalize import Normalization
 
 NORM = Normalization((0.0,), (1.0,))
@@ -132,3 +132,26 @@ def test_the_runner_counts_the_cpu_seconds_of_its_forward_passes(checkpoint) -> 
     runner.close()
     assert runner.tiles_run == 4
     assert 0 < runner.forward_cpu_seconds <= spent
+
+
+def test_a_batch_of_one_tile_is_a_view_unless_the_image_is_read_only() -> None:
+    image = np.arange(3 * 10 * 12, dtype=np.float32).reshape(3, 10, 12)
+    one = _stacked(image, [(2, 5)], 4)
+    assert one.shape == (1, 3, 4, 4) and np.shares_memory(one, image)
+    np.testing.assert_array_equal(one[0], image[:, 2:6, 5:9])
+    two = _stacked(image, [(2, 5), (6, 0)], 4)
+    np.testing.assert_array_equal(two, np.stack([image[:, 2:6, 5:9], image[:, 6:10, 0:4]]))
+    image.flags.writeable = False
+    assert not np.shares_memory(_stacked(image, [(2, 5)], 4), image)
+
+
+def test_running_float_tiles_leaves_the_caller_s_image_untouched(checkpoint) -> None:
+    runner = ModelRunner(ModelSpec.for_checkpoint(checkpoint, batch_size=1))
+    image = np.random.default_rng(1).normal(100, 20, (3, 96, 96)).astype(np.float32)
+    valid = np.ones((96, 96), bool)
+    valid[:10] = False
+    before = image.copy()
+    with runner.queued(image, valid, [(0, 0), (32, 32)], 64, runner.card.normalization) as results:
+        assert sum(len(batch) for batch, _ in results) == 2
+    runner.close()
+    np.testing.assert_array_equal(image, before)
