@@ -409,7 +409,7 @@ def _stacked(image: np.ndarray, origins: Sequence[Origin], tile: int) -> np.ndar
     view (when it may be written: torch takes no read-only array): ``probabilities`` copies it once anyway, when it
     converts it to float."""
     if len(origins) == 1 and image.flags.writeable:
-        (y, x), *_ = origins
+        y, x = origins[0]
         return image[np.newaxis, ..., y : y + tile, x : x + tile]
     return np.stack([image[..., y : y + tile, x : x + tile] for y, x in origins])
 
