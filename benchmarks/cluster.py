@@ -63,7 +63,7 @@ def simulated_graph(side: int, checkpoint: Path, workdir: Path, client) -> dict[
     from pipeline.graph import GraphKeys, TileJob, build_graph
     from pipeline.runner import ModelSpec
     from tiling import ChunkPlan, Normalization, TileGrid
-    from tiling.writers import OutputSpec, RunOutput
+    from tiling.writers import OutputContent, OutputSpec, StoreLocation, WorkStore, output_layers
 
     began = time.perf_counter()
     grid = TileGrid(side, side, 256, 64)
@@ -72,8 +72,11 @@ def simulated_graph(side: int, checkpoint: Path, workdir: Path, client) -> dict[
         256, "gaussian", 0.125, Normalization((128.0,) * 3, (64.0,) * 3), 1, ModelSpec.for_checkpoint(checkpoint)
     )
     reader = SimulatedReader(side, side)
-    out = RunOutput(workdir / "simulated.tif", "cog", OutputSpec(), reader.info, 1)
-    out.start(plan.chunk, plan.shape, {"simulated": True}, resume=False)  # array metadata only, no chunks
+    names = ("background", "foreground")
+    content = OutputContent(reader.info, output_layers(OutputSpec(), names, 1), names)
+    work = StoreLocation(str(workdir / "simulated.tif.partial"))
+    paths = {"labels": "labels"}
+    out = WorkStore.create(work, content, plan.chunk, plan.shape, {"simulated": True}, {}, paths)  # metadata only
     keys = GraphKeys("sim")
     dsk = build_graph(reader, plan, job, keys, outputs=out, lookahead=None)
     build = time.perf_counter() - began
@@ -88,7 +91,7 @@ def simulated_graph(side: int, checkpoint: Path, workdir: Path, client) -> dict[
         time.sleep(0.05)
     accepted = time.perf_counter() - began
     future.cancel()
-    out.abort()
+    work.remove()
     return {
         "chunks": plan.n_chunks,
         "tiles": grid.n_tiles,

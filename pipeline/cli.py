@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from tiling.errors import OptionError, TilewiseError
+from tiling.errors import OptionError, TilewiseError, TilewiseWarning, notes
 
 from .config import load_config
 from .options import PredictOptions
@@ -292,9 +293,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _with_notes(error: BaseException, text: str) -> str:
+    return "; ".join([text, *notes(error)])
+
+
+def _interrupted(command: str, error: BaseException) -> str:
+    if command == "predict":
+        kept = notes(error)
+        return "; ".join(["interrupted", *kept]) if kept else "interrupted before any chunk finished; nothing was kept"
+    return "interrupted; nothing was written to the output (continue with --resume)"
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+    """tilewise's own warnings as one line; other libraries' warnings stay off the terminal (see --debug)."""
+    if issubclass(category, TilewiseWarning):
+        print(f"tilewise: warning: {_one_line(str(message))}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        if not args.debug:
+            warnings.simplefilter("always", TilewiseWarning)
+            warnings.showwarning = _show_warning
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         if args.command == "predict":
             return _cmd_predict(args)
@@ -304,21 +334,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OptionError as exc:
         if args.debug:
             raise
-        print(f"tilewise: error: {exc}", file=sys.stderr)
+        print(f"tilewise: error: {_with_notes(exc, _one_line(str(exc)))}", file=sys.stderr)
         return EXIT_USAGE
     except TilewiseError as exc:
         if args.debug:
             raise
-        print(f"tilewise: error: {exc}", file=sys.stderr)
+        print(f"tilewise: error: {_with_notes(exc, _one_line(str(exc)))}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("tilewise: interrupted; nothing was written to the output (continue with --resume)", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"tilewise: {_interrupted(args.command, exc)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         if args.debug:
             raise
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"tilewise: internal error: {type(exc).__name__}: {message} (rerun with --debug)", file=sys.stderr)
+        message = f"{type(exc).__name__}: {_one_line(str(exc)) or type(exc).__name__} (rerun with --debug)"
+        print(f"tilewise: internal error: {_with_notes(exc, message)}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -9,8 +9,7 @@ from typing import Any, TypeVar
 from tiling.errors import OptionError
 from tiling.masking import TISSUE_CHANNELS
 from tiling.windows import BLEND_KINDS
-from tiling.writers.encode import OUTPUT_KINDS, PROBS_DTYPES
-from tiling.writers.formats import FORMATS
+from tiling.writers import FORMATS, OUTPUT_KINDS, PROBS_DTYPES
 
 #: Kept free of torch (the CLI checks options before it loads the model); ``devices.PRECISIONS`` maps them to dtypes.
 PRECISION_NAMES = ("fp32", "bf16", "fp16")

@@ -36,8 +36,15 @@ from tiling.masking import CoarseMask, make_mask, mask_scale
 from tiling.normalize import Normalization
 from tiling.plan import ChunkPlan
 from tiling.readers import RasterReader, open_raster
-from tiling.writers import OutputSpec, RunOutput, StoreLocation, check_outputs, output_format
-from tiling.writers.workstore import RUN_KEY
+from tiling.writers import (
+    OutputContent,
+    OutputSpec,
+    RunOutput,
+    StoreLocation,
+    output_format,
+    output_layers,
+    recorded_run,
+)
 
 from .budget import (
     ChunkCost,
@@ -201,7 +208,7 @@ def prepare(input: str | os.PathLike[str], model: ModelSource, opts: PredictOpti
 def _recorded_chunk(work: StoreLocation) -> int | None:
     """The chunk size of the interrupted run whose work store is ``work`` (a resumed run must keep it)."""
     try:
-        return int(work.open_group(mode="r").attrs[RUN_KEY]["chunk"])
+        return int(recorded_run(work)["chunk"])
     except Exception:  # no readable store: nothing to keep (reopening it later names the problem)
         return None
 
@@ -249,12 +256,13 @@ def predict(
     """
     opts = _options(options, overrides)
     output = Path(output)
-    fmt = output_format(output, opts.format)
+    spec = OutputSpec(opts.output_kind, opts.probs_dtype, opts.threshold)
+    fmt = output_format(output, spec, opts.format)
     choice = SchedulerChoice.parse(opts.scheduler, opts.cluster)
     if choice.distributed and isinstance(model, Checkpoint):
         raise OptionError("a model held in memory runs on local threads only; give a checkpoint path for a cluster")
     # Fail before any work on an unusable destination.
-    check_outputs(output, fmt, OutputSpec(opts.output_kind, opts.probs_dtype, opts.threshold), opts.overwrite)
+    fmt.check_destination(opts.overwrite)
     check_products(opts, output)
     work = StoreLocation.for_output(output, opts.work_dir)
     if opts.resume and opts.chunk is None:
@@ -264,52 +272,48 @@ def predict(
     reader, plan, job = setup.reader, setup.plan, setup.job
     workers, extra = setup.resources.workers, {}
     try:
-        spec = OutputSpec(opts.output_kind, opts.probs_dtype, opts.threshold, setup.card.class_names)
-        out = RunOutput(output, fmt, spec, reader.info, job.classes, work)
-        done = out.start(plan.chunk, plan.shape, run_record(input, model, setup, opts, fmt), opts.resume)
-        keep_work, finished = False, False
-        try:
+        class_names = setup.card.class_names
+        content = OutputContent(reader.info, output_layers(spec, class_names, job.classes), class_names)
+        out = RunOutput(fmt, content, work)
+        record = run_record(input, model, setup, opts, fmt.name)
+        # One small GDAL block cache for the run and the assembly: GDAL's default (5 % of RAM) would let a COG's
+        # assembly grow with the raster (16384²: 409 MiB more while GDAL built the overviews, 74 MiB capped).
+        with (
+            rasterio.Env(GDAL_CACHEMAX=setup.resources.gdal_cache_mb),
+            out.writing(plan.chunk, plan.shape, record, opts.resume) as writing,
+        ):
+            done = writing.done
             keys = GraphKeys(uuid.uuid4().hex[:12])
-            # One small GDAL block cache for the run and the assembly: GDAL's default (5 % of RAM) would let a COG's
-            # assembly grow with the raster (16384²: 409 MiB more while GDAL built the overviews, 74 MiB capped).
-            with rasterio.Env(GDAL_CACHEMAX=setup.resources.gdal_cache_mb):
-                if choice.distributed:
-                    with connect(choice) as client:
-                        workers = total_threads(client)
-                        extra = {"dashboard": client.dashboard_link, "scheduler": client.scheduler.address}
-                        if opts.progress:
-                            print(f"tilewise: Dask dashboard at {client.dashboard_link}", file=sys.stderr)
-                        # No throttle here: the distributed scheduler queues root tasks by itself.
-                        dsk = build_graph(reader, plan, job, keys, out, None, frozenset(done), setup.mask)
-                        model_keys = {k for k in dsk if isinstance(k, tuple) and k[0] == keys.infer}
-                        gpu = job.model.device.startswith("cuda")
-                        report = Path(opts.report) if opts.report else None
-                        stats = run_graph(client, dsk, model_keys, keys.done, gpu, opts.progress, report)
-                else:
-                    heap = HeapGuard(ceiling=setup.resources.estimated_peak)
-                    dsk = build_graph(reader, plan, job, keys, out, workers, frozenset(done), setup.mask, heap)
-                    keep_freed_memory()  # before the run's threads take their heaps
-                    threads = cpu_threads(workers) if job.model.device == "cpu" else contextlib.nullcontext()
-                    with threads:
-                        stats = _run(dsk, keys.done, workers, opts.progress)
-                if stats.tiles.run == 0 and not done:
-                    where = f"inside the {setup.mask.source} mask" if setup.mask else "(all nodata, masked or NaN)"
-                    raise InputError(f"{reader.info.path} has no valid pixels {where}")
-                release_free_memory()  # what the chunks freed, before the assembly allocates its own
-                out.finalize()
-            finished = True
-        except KeyboardInterrupt:
-            keep_work = True  # an interrupted run can be resumed
-            raise
-        finally:
-            if not finished:
-                out.abort(keep_work=keep_work)
-        products = write_products(opts, reader, setup.mask, output, fmt, spec)
+            if choice.distributed:
+                with connect(choice) as client:
+                    workers = total_threads(client)
+                    extra = {"dashboard": client.dashboard_link, "scheduler": client.scheduler.address}
+                    if opts.progress:
+                        print(f"tilewise: Dask dashboard at {client.dashboard_link}", file=sys.stderr)
+                    # No throttle here: the distributed scheduler queues root tasks by itself.
+                    dsk = build_graph(reader, plan, job, keys, writing.store, None, done, setup.mask)
+                    model_keys = {k for k in dsk if isinstance(k, tuple) and k[0] == keys.infer}
+                    gpu = job.model.device.startswith("cuda")
+                    report = Path(opts.report) if opts.report else None
+                    stats = run_graph(client, dsk, model_keys, keys.done, gpu, opts.progress, report)
+            else:
+                heap = HeapGuard(ceiling=setup.resources.estimated_peak)
+                dsk = build_graph(reader, plan, job, keys, writing.store, workers, done, setup.mask, heap)
+                keep_freed_memory()  # before the run's threads take their heaps
+                threads = cpu_threads(workers) if job.model.device == "cpu" else contextlib.nullcontext()
+                with threads:
+                    stats = _run(dsk, keys.done, workers, opts.progress)
+            if stats.tiles.run == 0 and not done:
+                writing.discard()  # every chunk is nodata: nothing worth resuming
+                where = f"inside the {setup.mask.source} mask" if setup.mask else "(all nodata, masked or NaN)"
+                raise InputError(f"{reader.info.path} has no valid pixels {where}")
+            release_free_memory()  # what the chunks freed, before the assembly allocates its own
+        products = write_products(opts, reader, setup.mask, fmt, class_names)
     finally:
         reader.close()
     return PredictReport(
         outputs=[*out.paths, *products.paths],
-        format=fmt,
+        format=fmt.name,
         tiles_total=setup.grid.n_tiles,
         tiles_run=stats.tiles.run,
         tiles_skipped=stats.tiles.skipped,

@@ -70,25 +70,32 @@ def _big_tiled_geotiff(tmp_path: Path) -> Path:
     return write_geotiff(tmp_path / "big.tif", random_image((3, 512, 512), seed=9), compress="deflate")
 
 
-def test_truncated_tiff_fails_mid_run_and_leaves_nothing(files, capsys, tmp_path: Path) -> None:
+def test_truncated_tiff_fails_mid_run_and_keeps_only_finished_chunks(files, capsys, tmp_path: Path) -> None:
     path = _big_tiled_geotiff(tmp_path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) * 2 // 3])  # the header is intact, the last tiles are gone
-    code, err = run_cli(capsys, "predict", path, files["out"], "--model", files["model"], "--chunk", "128")
-    assert_one_line_error(code, err, 1, "big.tif")
-    assert_nothing_written(files["out"])
+    code, err = run_cli(
+        capsys, "predict", path, files["out"], "--model", files["model"], "--chunk", "128", "--workers", "1"
+    )
+    assert_one_line_error(code, err, 1, "big.tif", "--resume")
+    assert not files["out"].exists()
+    # Chunks are run in row-major order: the first rows were read and are kept for a resume.
+    done = zarr.open_group(str(files["out"]) + ".partial", mode="r")["done"][:]
+    assert 0 < done.sum() < done.size
 
 
-def test_corrupt_tile_data_fails_mid_run_and_leaves_nothing(files, capsys, tmp_path: Path) -> None:
+def test_corrupt_first_tile_fails_before_any_chunk_and_leaves_nothing(files, capsys, tmp_path: Path) -> None:
     path = _big_tiled_geotiff(tmp_path)
     with tifffile.TiffFile(path) as tif:
         page = tif.pages.first
-        offset, count = page.dataoffsets[40], page.databytecounts[40]
+        offset, count = page.dataoffsets[0], page.databytecounts[0]
     data = bytearray(path.read_bytes())
     data[offset : offset + count] = bytes(count)  # a tile of zeros is not a deflate stream
     path.write_bytes(bytes(data))
-    code, err = run_cli(capsys, "predict", path, files["out"], "--model", files["model"], "--chunk", "128")
+    argv = ["predict", path, files["out"], "--model", files["model"], "--chunk", "128", "--workers", "1"]
+    code, err = run_cli(capsys, *argv)
     assert_one_line_error(code, err, 1, "failed to read", "big.tif")
+    assert "--resume" not in err
     assert_nothing_written(files["out"])
 
 

@@ -6,6 +6,13 @@ subclass whose message names the problem; the CLI prints it on one line. Anythin
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
+#: Attribute under which ``attach_note`` keeps its notes on an exception (``BaseException.add_note`` needs 3.11).
+_NOTES = "tilewise_notes"
+
 
 class TilewiseError(Exception):
     """A problem with the user's input, options or environment; the message is shown as is."""
@@ -25,3 +32,59 @@ class OutputError(TilewiseError):
 
 class CheckpointError(TilewiseError):
     """The model checkpoint is missing, corrupt or not a tilewise checkpoint."""
+
+
+class TilewiseWarning(UserWarning):
+    """Something the user should know that does not stop the run (the CLI prints it as one line)."""
+
+
+class WriteFailure(OutputError):
+    """Writing ``path`` failed: the disk is full (``ENOSPC``), a file grew past a size limit (``EFBIG``), or any
+    other write error. ``errno`` is None where the writer (GDAL) gave only a message."""
+
+    def __init__(self, path: str | os.PathLike[str], errno_: int | None, detail: str = "", context: str = "") -> None:
+        self.path, self.errno, self.detail, self.context = Path(path), errno_, detail, context
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        if self.errno == errno.ENOSPC:
+            text = f"no space left on the device writing {self.path}"
+        elif self.errno == errno.EFBIG:
+            text = f"file too large: {self.path} reached the file-size limit"
+        elif self.errno == getattr(errno, "EDQUOT", None):
+            text = f"disk quota exceeded writing {self.path}"
+        else:
+            text = f"cannot write {self.path}"
+        text += f": {self.detail}" if self.detail else ""
+        return f"{text} ({self.context})" if self.context else text
+
+    @property
+    def out_of_space(self) -> bool:
+        """The disk (or a size or quota limit) ran out, rather than another write error."""
+        return self.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", None))
+
+    def in_context(self, context: str) -> WriteFailure:
+        """The same failure with ``context`` (free space, what the run needs) added to its message."""
+        return WriteFailure(self.path, self.errno, self.detail, context)
+
+    def __reduce__(self) -> tuple[object, ...]:  # picklable across a cluster (its __init__ takes more than a message)
+        return (WriteFailure, (self.path, self.errno, self.detail, self.context))
+
+
+def write_failure(path: str | os.PathLike[str], error: OSError) -> WriteFailure:
+    """The ``WriteFailure`` for an ``OSError`` raised while writing ``path``."""
+    quiet = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", None))
+    return WriteFailure(path, error.errno, "" if error.errno in quiet else _reason(error))
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or " ".join(str(error).split()) or type(error).__name__
+
+
+def attach_note(error: BaseException, note: str) -> None:
+    """Attach a sentence the CLI prints after ``error``'s message, e.g. what a failed run left for ``--resume``."""
+    setattr(error, _NOTES, [*notes(error), note])
+
+
+def notes(error: BaseException) -> list[str]:
+    return list(getattr(error, _NOTES, ()))

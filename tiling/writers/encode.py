@@ -23,7 +23,6 @@ class OutputSpec:
     kind: str = "labels"
     probs_dtype: str = "float32"
     threshold: float = 0.5
-    class_names: tuple[str, ...] = ("background", "foreground")
 
     def __post_init__(self) -> None:
         if self.kind not in OUTPUT_KINDS:

@@ -6,28 +6,26 @@ Layout (Zarr v3; the metadata lives under ``attrs["ome"]``)::
       0/ 1/ 2/ …             are written (levels halve in y and x)
       labels/classes/0 1 …   the label map (y, x) as an NGFF label image of the root image (when both)
 
-An output path ``IMAGE.ome.zarr/labels/NAME`` inside an existing OME-Zarr image writes the label map as an NGFF
-label image *of that image*: the same levels (paths, sizes and coordinate transforms), listed in its
-``labels`` group, so viewers show it over the source.
+A label image written into an existing OME-Zarr image is ``ngff_labels.NgffLabelsFormat``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import zarr
-
-from ..errors import OptionError
 from ..readers.base import RasterInfo
+from .formats import OutputContent
 from .geotiff import PALETTE
 from .layers import Layer
+from .pyramid import add_level, level_shapes
+from .workstore import WorkStore
+from .zarr_store import ZarrStoreFormat
 
 NGFF_VERSION = "0.5"
 
 
-def array_paths(layers: list[Layer]) -> dict[str, str]:
+def array_paths(layers: tuple[Layer, ...]) -> dict[str, str]:
     """Where each layer's level 0 lives in the store (its level k is the sibling named k)."""
     names = {layer.name for layer in layers}
     if names == {"labels"}:
@@ -55,7 +53,7 @@ def multiscales(layer: Layer, info: RasterInfo, levels: int, name: str) -> list[
         space["unit"] = unit
     axes = [{"name": "y", **space}, {"name": "x", **space}]
     lead: list[float] = []
-    if layer.name != "labels":
+    if not layer.is_labels:
         axes.insert(0, {"name": "c", "type": "channel"})
         lead = [1.0]
     datasets = [
@@ -70,7 +68,7 @@ def multiscales(layer: Layer, info: RasterInfo, levels: int, name: str) -> list[
 
 def image_metadata(layer: Layer, info: RasterInfo, levels: int) -> dict[str, Any]:
     ome: dict[str, Any] = {"version": NGFF_VERSION, "multiscales": multiscales(layer, info, levels, layer.name)}
-    if layer.name != "labels":
+    if not layer.is_labels:
         top = 1.0 if layer.dtype == "float32" else 254.0
         ome["omero"] = {
             "channels": [
@@ -99,71 +97,41 @@ def label_metadata(layer: Layer, info: RasterInfo, levels: int, class_names: tup
     }
 
 
-@dataclass(frozen=True)
-class SourceImage:
-    """The OME-Zarr image a label image is written into: its levels' paths, (y, x) shapes and transforms."""
+class OmeZarrFormat(ZarrStoreFormat):
+    """An OME-Zarr image (``.ome.zarr``): probabilities as the multiscale image and the label map as its NGFF
+    label image, or the label map alone as the image."""
 
-    group: Path
-    paths: tuple[str, ...]
-    shapes: tuple[tuple[int, int], ...]
-    axes: tuple[dict[str, Any], ...]
-    transforms: tuple[list[dict[str, Any]], ...]
+    name = "ome-zarr"
+    suffixes = (".ome.zarr",)
+    levels_in_store = True
 
-    @classmethod
-    def at(cls, group: Path) -> SourceImage:
-        """The image whose ``labels`` folder ``group/labels`` is (an error naming the problem if it is none)."""
-        try:
-            node = zarr.open_group(str(group), mode="r")
-            attrs = dict(node.attrs)
-            multiscales = attrs.get("ome", attrs)["multiscales"][0]
-        except (KeyError, IndexError, OSError, ValueError, zarr.errors.GroupNotFoundError):
-            raise OptionError(f"{group} is not an OME-Zarr image, so it cannot hold NGFF labels") from None
-        axes = multiscales["axes"]
-        names = [a["name"] for a in axes]
-        if names[-2:] != ["y", "x"] or any(n not in ("c", "y", "x") for n in names):
-            raise OptionError(f"labels can be added to 2-D images with axes (c,) y, x; {group} has {names}")
-        keep = [i for i, n in enumerate(names) if n in ("y", "x")]
-        paths, shapes, transforms = [], [], []
-        for dataset in multiscales["datasets"]:
-            paths.append(dataset["path"])
-            shapes.append(tuple(node[dataset["path"]].shape[-2:]))
-            transforms.append(
-                [
-                    {"type": t["type"], t["type"]: [t[t["type"]][i] for i in keep]}
-                    for t in dataset.get("coordinateTransformations", [])
-                ]
-            )
-        return cls(group, tuple(paths), tuple(shapes), tuple(axes[i] for i in keep), tuple(transforms))
+    def array_paths(self, layers: tuple[Layer, ...]) -> dict[str, str]:
+        return array_paths(layers)
 
-    def label_metadata(self, layer: Layer, class_names: tuple[str, ...], name: str) -> dict[str, Any]:
-        """NGFF 0.5 metadata of a label image with this image's levels and coordinate transforms."""
-        datasets = [
-            {"path": path, "coordinateTransformations": transforms}
-            for path, transforms in zip(self.paths, self.transforms, strict=True)
-        ]
-        ome = label_metadata(layer, RasterInfo("", "", 1, 1, 1, "uint8"), 1, class_names)["ome"]
-        ome["multiscales"] = [{"name": name, "axes": list(self.axes), "datasets": datasets}]
-        return {"ome": ome}
+    def label_raster(self) -> Path | None:
+        if not self.spec.writes_labels:
+            return None
+        return self.path / ("labels/classes/0" if self.spec.writes_probs else "0")
 
+    def complete(self, store: WorkStore, content: OutputContent) -> None:
+        root = store.group
+        for layer in content.layers:
+            parent_path = store.paths[layer.name].rpartition("/")[0]
+            parent = root[parent_path] if parent_path else root
+            shapes = level_shapes(content.info.height, content.info.width)
+            previous = parent["0"]
+            for k, shape in enumerate(shapes[1:], start=1):
+                previous = add_level(parent, str(k), previous, shape, layer)
+            if parent_path:  # the label image under labels/
+                parent.attrs.update(label_metadata(layer, content.info, len(shapes), content.class_names))
+                root["labels"].attrs.update({"ome": {"version": NGFF_VERSION, "labels": ["classes"]}})
+            else:
+                root.attrs.update(image_metadata(layer, content.info, len(shapes)))
 
-def labels_target(path: Path) -> SourceImage | None:
-    """The source image when ``path`` is ``IMAGE.ome.zarr/labels/NAME`` inside an existing OME-Zarr image."""
-    if path.parent.name != "labels" or not (path.parent.parent / "zarr.json").exists():
-        return None
-    return SourceImage.at(path.parent.parent)
-
-
-def ensure_labels_group(image: Path) -> zarr.Group:
-    """The image's ``labels`` group, created (empty) if it has none."""
-    labels = zarr.open_group(str(image / "labels"), mode="a", zarr_format=3)
-    if "ome" not in labels.attrs:
-        labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": []}
-    return labels
-
-
-def register_label(source: SourceImage, name: str) -> None:
-    """List ``name`` in the image's ``labels`` group."""
-    labels = ensure_labels_group(source.group)
-    ome = dict(labels.attrs.get("ome", {}))
-    names = [n for n in ome.get("labels", []) if n != name]
-    labels.attrs["ome"] = {**ome, "version": NGFF_VERSION, "labels": [*names, name]}
+    def expected_arrays(self, store: WorkStore, content: OutputContent) -> dict[str, tuple[int, ...]]:
+        arrays = {}
+        for layer in content.layers:
+            parent = store.paths[layer.name].rpartition("/")[0]
+            for k, (rows, cols) in enumerate(level_shapes(content.info.height, content.info.width)):
+                arrays[f"{parent}/{k}" if parent else str(k)] = layer.shape(rows, cols)
+        return arrays

@@ -11,6 +11,9 @@ import math
 import numpy as np
 import zarr
 
+from .layers import Layer
+from .workstore import ARRAY_CONFIG, COMPRESSORS
+
 #: The smallest level's longer side is at most this many pixels.
 MIN_LEVEL_SIZE = 256
 
@@ -85,3 +88,20 @@ def build_nearest_level(source: zarr.Array, target: zarr.Array) -> None:
             cols = (np.arange(x, min(x + chunk_w, width)) * src_w) // width
             block = source[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
             target[y : y + rows.size, x : x + cols.size] = block[np.ix_(rows - rows[0], cols - cols[0])]
+
+
+def add_level(group: zarr.Group, name: str, source: zarr.Array, shape: tuple[int, int], layer: Layer) -> zarr.Array:
+    """Level ``name`` of ``group``: ``source`` halved to ``shape`` (replacing one a failed assembly left)."""
+    target = group.create_array(
+        name,
+        shape=(*source.shape[:-2], *shape),
+        chunks=source.chunks,
+        dtype=source.dtype,
+        fill_value=layer.nodata,
+        compressors=COMPRESSORS,
+        config=ARRAY_CONFIG,
+        dimension_names=source.metadata.dimension_names,
+        overwrite=True,
+    )
+    build_level(source, target, labels=layer.is_labels, nodata=layer.nodata)
+    return target
