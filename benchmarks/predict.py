@@ -144,16 +144,15 @@ def child_model_bound(scene: Path, workdir: Path, min_runs: int = 5, min_seconds
     """
     from pipeline import predict
     from pipeline.options import PredictOptions
-    from pipeline.prediction import prepare
+    from pipeline.run_plan import plan_run
     from pipeline.runner import get_runner
 
     checkpoint = _default_checkpoint(workdir)
     out = workdir / f"out_model_{scene.stem}.tif"
     # The run's own grid and runner (what predict sets up), loaded before the first run as the later runs find
     # it: every run is timed with the model in memory, and the model alone is the very model the run used.
-    setup = prepare(scene, checkpoint, PredictOptions())
-    setup.reader.close()
-    runner = get_runner(setup.job.model)
+    with plan_run(scene, checkpoint, PredictOptions()) as plan:
+        runner = get_runner(plan.job.model)
     runs: list[float] = []
     alone: list[float] = []
     run_cpu: list[float] = []  # CPU seconds of the forward passes, each side
@@ -178,7 +177,7 @@ def child_model_bound(scene: Path, workdir: Path, min_runs: int = 5, min_seconds
             one_run()
         assert report is not None
         if not batches:  # the run's batch size, chosen during the first run
-            batches = _tile_batches(scene, setup.grid, report.batch_size or 1)
+            batches = _tile_batches(scene, plan.grid, report.batch_size or 1)
             assert sum(len(b) for b in batches) == report.tiles_run
         seconds, cpu = _model_alone(runner, batches, report.workers)
         alone.append(seconds)

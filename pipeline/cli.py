@@ -126,8 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Describe a raster and the tile plan a run would use.",
     )
     i.add_argument("input")
+    i.add_argument("output", nargs="?", help="an output to plan for: its files and the disk space they need")
     i.add_argument("--model", help="checkpoint whose tile size, bands and classes to plan with")
     _add_plan_options(i)
+    i.add_argument("--output-kind", help="labels (default), probs or both")
+    i.add_argument("--probs-dtype", help="probabilities as float32 (default) or uint8")
+    i.add_argument("--format", help="cog, geotiff, ome-tiff, ome-zarr or zarr (default: from the output's name)")
+    i.add_argument("--work-dir", help="folder for the work store (default: next to the output)")
     _add_train_parser(sub, common)
     return parser
 
@@ -192,7 +197,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from .info import describe
 
     opts, model = _predict_options(args)
-    print(describe(args.input, model, opts))
+    print(describe(args.input, model, opts, args.output))
     return 0
 
 

@@ -1,29 +1,19 @@
-"""``tilewise info``: what a raster is and how a run over it would be planned."""
+"""``tilewise info``: what a raster is and how a run over it would be planned (the run's own ``RunPlan``)."""
 
 from __future__ import annotations
 
 from rasterio.crs import CRS
 
-from tiling.grid import TileGrid, resolve_overlap
-from tiling.masking import make_mask, mask_scale
-from tiling.readers import RasterInfo, RasterReader, ResampledReader, open_raster
+from tiling.readers import RasterInfo, RasterReader, ResampledReader
+from tiling.writers.disk import mib
 
-from .checkpoint import read_card
-from .devices import resolve_device
-from .model import UNetConfig
 from .options import PredictOptions
-from .prediction import plan_memory
-
-DEFAULT_TILE = 256
+from .run_plan import RunPlan, plan_run
 
 
 def _crs_name(wkt: str) -> str:
     crs = CRS.from_wkt(wkt)
     return crs.to_string() if crs.to_epsg() else crs.to_wkt()[:80] + "…"
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:,.0f} MiB"
 
 
 def raster_lines(info: RasterInfo, bands: tuple[int, ...]) -> list[str]:
@@ -59,35 +49,36 @@ def level_lines(reader: RasterReader) -> list[str]:
     return [*lines, f"reading     {read}"]
 
 
-def describe(input: str, model: str | None, opts: PredictOptions) -> str:
-    """A readable description of ``input`` and the tile plan of a run with ``model`` and ``opts``."""
-    card = read_card(model) if model else None
-    bands = opts.bands or (card.bands if card else None)
-    reader = open_raster(input, bands, opts.level, opts.mpp, opts.mpp_tolerance)
-    try:
-        info, bands = reader.info, reader.bands
-        config = card.model if card else UNetConfig(in_channels=len(bands))
-        tile = opts.tile or (card.tile_size if card else DEFAULT_TILE)
-        config.check_tile(tile)
-        grid = TileGrid(info.height, info.width, tile, resolve_overlap(opts.overlap, tile))
-        scale = opts.mask_scale or mask_scale(info.height, info.width, tile)
-        mask = make_mask(reader, opts.mask, scale, opts.tissue_channel, opts.tissue_threshold)
-        levels = level_lines(reader)
-    finally:
-        reader.close()
-    plan = plan_memory(grid, config, len(bands), info.dtype, resolve_device(opts.device), opts)
+def plan_lines(plan: RunPlan, model: str | None) -> list[str]:
+    grid, chunks, resources = plan.grid, plan.chunks, plan.resources
     rows, cols = grid.shape
-    chunk_rows, chunk_cols = -(-info.height // plan.chunk), -(-info.width // plan.chunk)
-    lines = [*raster_lines(info, bands), *levels]
-    if mask is not None:
+    chunk_rows, chunk_cols = chunks.shape
+    lines = []
+    if plan.mask is not None:
+        mask = plan.mask
         lines.append(f"mask        {mask.source}: {mask.valid_fraction:.1%} of the raster, cells of {mask.scale} px")
+    in_channels = plan.card.model.in_channels
     lines += [
-        f"model       {model or f'none given (planning for a default U-Net, {len(bands)} band(s) in)'}",
-        f"tiles       {tile} px, overlap {grid.overlap} px, stride {grid.stride} px: "
+        f"model       {model or f'none given (planning for a default U-Net, {in_channels} band(s) in)'}",
+        f"tiles       {grid.tile} px, overlap {grid.overlap} px, stride {grid.stride} px: "
         f"{rows} x {cols} = {grid.n_tiles} tiles",
-        f"chunks      {plan.chunk} px: {chunk_rows} x {chunk_cols} = {chunk_rows * chunk_cols} chunks, "
-        f"{plan.workers} in flight",
-        f"memory      about {_mib(plan.estimated_peak)} at peak ({_mib(plan.per_chunk)} per chunk in flight; "
-        f"limit {_mib(plan.memory_limit)})",
+        f"chunks      {chunks.chunk[0]} px: {chunk_rows} x {chunk_cols} = {chunks.n_chunks} chunks, "
+        f"{resources.workers} in flight",
+        f"memory      about {mib(resources.estimated_peak)} at peak ({mib(resources.per_chunk)} per chunk in flight; "
+        f"limit {mib(resources.memory_limit)})",
     ]
-    return "\n".join(lines)
+    if plan.output is not None:
+        fmt = plan.output.format
+        lines.append(f"output      {', '.join(str(p) for p in plan.output.paths)} ({fmt.name}, {fmt.spec.kind})")
+        for check in plan.output.disk_checks(chunks.chunk[0], resume=False):
+            verdict = "fits" if check.fits else "cannot fit" if check.cannot_fit else "may not fit"
+            lines.append(f"disk        {check.describe()}: {verdict}")
+    return lines
+
+
+def describe(input: str, model: str | None, opts: PredictOptions, output: str | None = None) -> str:
+    """A readable description of ``input`` and the plan of a run with ``model`` and ``opts`` (writing ``output``
+    when given: its files and what they need on disk against the free space)."""
+    with plan_run(input, model, opts.updated(overwrite=True), output) as plan:
+        reader = plan.reader
+        return "\n".join([*raster_lines(reader.info, reader.bands), *level_lines(reader), *plan_lines(plan, model)])

@@ -69,17 +69,17 @@ def test_a_model_bound_run_gets_enough_chunks_to_share_among_workers() -> None:
 
 def test_chunks_are_balanced_for_worker_processes_not_for_threads_sharing_a_forward_pool() -> None:
     from pipeline.model import UNetConfig
-    from pipeline.prediction import plan_memory
+    from pipeline.run_plan import plan_memory
 
     grid, opts = TileGrid(4096, 4096, 256, 20), PredictOptions(memory_limit="16GB", workers=2)
-    threads = plan_memory(grid, UNetConfig(3, 1), 3, "uint8", "cpu", opts)
-    processes = plan_memory(grid, UNetConfig(3, 1), 3, "uint8", "cpu", opts, distributed=True)
+    threads = plan_memory(grid, UNetConfig(3, 1), 3, "uint8", "cpu", opts, None)
+    processes = plan_memory(grid, UNetConfig(3, 1), 3, "uint8", "cpu", opts, None, distributed=True)
     assert (threads.chunk, processes.chunk) == (2048, 1792)
 
 
 def test_multiply_adds_per_pixel_count_every_conv_at_its_resolution() -> None:
     from pipeline.model import UNetConfig, macs_per_pixel
-    from pipeline.prediction import MODEL_BOUND_MACS_PER_PIXEL
+    from pipeline.run_plan import MODEL_BOUND_MACS_PER_PIXEL
 
     # Base width 1, depth 1: 3→1, 1→1 (3×3) at full size; 1→2, 2→2 at a quarter of the pixels; a 2→1 2×2
     # transposed conv at each of those; 2→1, 1→1 (3×3) and the 1→1 head at full size.
