@@ -103,7 +103,7 @@ def _model_alone(runner, batches: list[np.ndarray], workers: int) -> tuple[float
     import itertools
     import threading
 
-    from pipeline.runner import cpu_threads
+    from pipeline.devices import cpu_threads
 
     normalization = runner.card.normalization
     taken = itertools.count()
@@ -143,9 +143,9 @@ def child_model_bound(scene: Path, workdir: Path, min_runs: int = 5, min_seconds
     inside the run). The ratio is about their product.
     """
     from pipeline import predict
+    from pipeline.cache import model_cache
     from pipeline.options import PredictOptions
     from pipeline.prediction import prepare
-    from pipeline.runner import get_runner
 
     checkpoint = _default_checkpoint(workdir)
     out = workdir / f"out_model_{scene.stem}.tif"
@@ -153,7 +153,7 @@ def child_model_bound(scene: Path, workdir: Path, min_runs: int = 5, min_seconds
     # it: every run is timed with the model in memory, and the model alone is the very model the run used.
     setup = prepare(scene, checkpoint, PredictOptions())
     setup.reader.close()
-    runner = get_runner(setup.job.model)
+    runner = model_cache().runner(setup.job.model)
     runs: list[float] = []
     alone: list[float] = []
     run_cpu: list[float] = []  # CPU seconds of the forward passes, each side

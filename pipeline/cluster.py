@@ -71,11 +71,11 @@ def _torch_threads_plugin(threads_per_host: dict[str, int]) -> Any:
         name = "tilewise-torch-threads"
 
         def setup(self, worker: Any) -> None:
-            from .runner import available_cores, set_forward_threads, set_torch_threads
+            from .devices import available_cores, process_forward_threads, set_torch_threads
 
             sharing = threads_per_host.get(get_address_host(worker.address), worker.state.nthreads)
             set_torch_threads(max(1, available_cores() // max(1, sharing)))
-            set_forward_threads(worker.state.nthreads)
+            process_forward_threads().set(worker.state.nthreads)
 
     return TorchThreads()
 

@@ -48,14 +48,15 @@ from .budget import (
     plan_resources,
     release_free_memory,
 )
+from .cache import model_cache
 from .checkpoint import Checkpoint, ModelCard, checkpoint_fingerprint, read_card
 from .cluster import SchedulerChoice, connect, run_graph, total_threads
-from .devices import check_precision, resolve_device
+from .devices import check_precision, cpu_threads, resolve_device
 from .graph import GraphKeys, RunStats, TileJob, build_graph
 from .model import UNetConfig, activation_bytes_per_tile, macs_per_pixel, parameter_bytes
 from .options import PredictOptions
 from .products import check_products, write_products
-from .runner import ModelSpec, cpu_threads, get_runner
+from .runner import ModelSpec
 
 #: Largest batch tried on a CPU. Batch 4 was at most 6 % faster per tile than batch 1 there, short of the
 #: sizer's margin, and merely trying it raised a slide run's peak RSS from 812 to 1029 MiB.
@@ -317,7 +318,7 @@ def predict(
         chunks_computed=stats.chunks_written,
         chunk=plan.chunk[0],
         workers=workers,
-        batch_size=None if choice.distributed else get_runner(job.model).sizer.chosen,
+        batch_size=None if choice.distributed else model_cache().runner(job.model).sizer.chosen,
         device=job.model.device,
         seconds=time.perf_counter() - began,
         resumed=bool(done),
