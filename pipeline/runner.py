@@ -3,7 +3,9 @@
 A runner is made once per process and model (``cache.model_cache``) and shared by the process's threads. On a
 CPU several forward passes run side by side, each on its share of the cores, on the threads of a
 ``ForwardPool`` that every chunk task of the process feeds: no core waits while any chunk still has tiles to
-run. On a GPU forward passes are serialised while other threads read, blend and write.
+run. On a GPU the calling thread runs its own tiles, one forward pass on the device at a time, while other
+threads read, blend and write; each batch is staged in pinned memory and copied on a side stream while the
+previous forward pass runs (``staging``).
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from .checkpoint import Checkpoint, ModelCard, load_checkpoint
 from .devices import PRECISIONS, process_device, process_forward_threads
 from .forward_pool import ForwardPool, Origin, TileRequest
 from .model import activation_bytes_per_tile, logits_to_probs
+from .staging import BatchStager, StagedBatch
 
 #: ``ModelSpec.checkpoint`` of a model handed over in memory rather than as a file.
 MEMORY_PREFIX = "memory:"
+#: Share of a GPU's free memory the activations of a batch may take.
+GPU_MEMORY_SHARE = 0.6
 
 
 @dataclass(frozen=True)
@@ -75,10 +80,11 @@ class ModelRunner:
         self.device = torch.device(spec.device)
         if spec.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        on_gpu = self.device.type == "cuda"
         # On a GPU one forward at a time (they share the device anyway, and memory stays one batch), run by the
-        # calling thread; on a CPU forwards run side by side on the pool's threads (see ``devices.cpu_threads``).
+        # calling thread; on a CPU forwards run side by side on the pool's threads.
         self._forward_lock: threading.Lock | contextlib.nullcontext[None] = (
-            threading.Lock() if self.device.type == "cuda" else contextlib.nullcontext()
+            threading.Lock() if on_gpu else contextlib.nullcontext()
         )
         self._pool = ForwardPool(self._next_size, self._run_request) if self.device.type == "cpu" else None
         self._state_lock = threading.Lock()
@@ -86,8 +92,12 @@ class ModelRunner:
         #: CPU seconds the forward passes took on the threads that ran them (meaningful on a CPU device: a GPU
         #: forward's thread mostly waits); the benchmark divides it by a run's core-seconds.
         self.forward_cpu_seconds = 0.0
+        #: Seconds the GPU spent on forward passes (CUDA events around each; 0 elsewhere): the GPU idles for
+        #: the rest of a run.
+        self.forward_gpu_seconds = 0.0
         self._norm_cache: dict[Normalization, tuple[torch.Tensor, torch.Tensor]] = {}
         self.sizer = BatchSizer(self._candidates())
+        self._stager = BatchStager(self.device, max(self.sizer.candidates)) if on_gpu else None
 
     def _candidates(self) -> list[int]:
         if self.spec.batch_size is not None:
@@ -96,7 +106,7 @@ class ModelRunner:
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             per_tile = activation_bytes_per_tile(self.card.model, self.card.tile_size)
-            limit = min(limit, max(1, int(0.6 * free // per_tile)))
+            limit = min(limit, max(1, int(GPU_MEMORY_SHARE * free // per_tile)))
         return [c for c in CANDIDATE_BATCHES if c <= limit] or [1]
 
     def _normalizer(self, normalization: Normalization) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,11 +119,17 @@ class ModelRunner:
 
     def probabilities(self, batch: np.ndarray, valid: np.ndarray | None, normalization: Normalization) -> np.ndarray:
         """Probabilities (batch, classes, T, T) of raw tiles (batch, bands, T, T), normalised on the device."""
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        mask = None if valid is None else torch.from_numpy(valid).to(self.device)
+        return self.forward(x, mask, normalization).cpu().numpy()
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None, normalization: Normalization) -> torch.Tensor:
+        """Probabilities (float32, contiguous, on the device) of raw tiles ``x`` (batch, bands, T, T) on the
+        device, normalised there; ``valid`` (batch, T, T) zeroes the pixels to leave out after normalisation."""
         mean, inv_std = self._normalizer(normalization)
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True).float()
-        x = (x - mean) * inv_std
+        x = (x.float() - mean) * inv_std
         if valid is not None:
-            x *= torch.from_numpy(valid).to(self.device)[:, None]
+            x *= valid[:, None]
         if self.spec.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = PRECISIONS[self.spec.precision]
@@ -128,7 +144,7 @@ class ModelRunner:
             assert total is not None
             if len(flips) > 1:
                 total = total / len(flips)
-        return total.float().contiguous().cpu().numpy()
+        return total.float().contiguous()
 
     @contextlib.contextmanager
     def queued(
@@ -161,21 +177,24 @@ class ModelRunner:
         """Whether the forward pool has no tiles waiting (always False without a pool: the caller runs them)."""
         return self._pool is not None and self._pool.idle
 
-    def _run_in_caller(self, request: TileRequest) -> Iterator[tuple[list[Origin], np.ndarray]]:
-        start = 0
-        while start < len(request.origins):
-            batch_origins, probs = self._run_batch(request, start)
-            start += len(batch_origins)
-            yield batch_origins, probs
-
     def close(self) -> None:
-        """Stop the forward pool's threads (a closed runner runs nothing more)."""
+        """Stop the forward pool's threads (a closed runner runs nothing more), and let go of the pinned
+        buffers."""
         if self._pool is not None:
             self._pool.close()
+        if self._stager is not None:
+            self._stager.close()
 
     def _next_size(self) -> int:
         with self._state_lock:
             return self.sizer.next_size()
+
+    def _record(self, tiles: int, seconds: float, cpu_seconds: float, gpu_seconds: float = 0.0) -> None:
+        with self._state_lock:
+            self.sizer.record(tiles, seconds)
+            self.tiles_run += tiles
+            self.forward_cpu_seconds += cpu_seconds
+            self.forward_gpu_seconds += gpu_seconds
 
     def _run_request(self, request: TileRequest, origins: list[Origin]) -> np.ndarray:
         """Stack the tiles of ``request`` at ``origins``, run them, and report the batch's time to the sizer."""
@@ -184,26 +203,48 @@ class ModelRunner:
         began, cpu_began = time.perf_counter(), time.thread_time()
         with self._forward_lock:
             probs = self.probabilities(batch, batch_valid, request.normalization)
-        with self._state_lock:
-            self.sizer.record(len(origins), time.perf_counter() - began)
-            self.tiles_run += len(origins)
-            self.forward_cpu_seconds += time.thread_time() - cpu_began
+        self._record(len(origins), time.perf_counter() - began, time.thread_time() - cpu_began)
         return probs
 
-    def _run_batch(self, request: TileRequest, start: int) -> tuple[list[Origin], np.ndarray]:
-        """The next batch of ``request`` from ``start`` on a GPU, trying smaller batches while it runs out of
-        memory."""
-        while True:
-            batch_origins = list(request.origins[start : start + self._next_size()])
+    def _stage(self, request: TileRequest, start: int, size: int) -> StagedBatch:
+        """The batch of ``request`` from ``start`` of at most ``size`` tiles, on its way to the GPU."""
+        assert self._stager is not None
+        origins = list(request.origins[start : start + size])
+        return self._stager.stage(origins, request.tile, request.image, request.valid)
+
+    def _run_in_caller(self, request: TileRequest) -> Iterator[tuple[list[Origin], np.ndarray]]:
+        """Run ``request`` on the GPU batch by batch. While the GPU runs a batch, the next one is stacked into a
+        pinned buffer and its copy queued on the side stream; a batch that runs out of memory is retried in
+        smaller batches."""
+        total = len(request.origins)
+        start, staged = 0, None
+        while start < total:
+            size = len(staged.origins) if staged is not None else min(self._next_size(), total - start)
             try:
-                return batch_origins, self._run_request(request, batch_origins)
+                batch, staged = staged or self._stage(request, start, size), None
+                began, cpu_began = time.perf_counter(), time.thread_time()
+                with self._forward_lock:
+                    busy = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    x, *valid = batch.tensors()
+                    busy[0].record()
+                    probs = self.forward(x, valid[0] if valid else None, request.normalization)
+                    busy[1].record()
+                    if start + size < total:  # copied while the GPU runs this batch
+                        staged = self._stage(request, start + size, self._next_size())
+                    result = probs.cpu().numpy()
+                seconds, cpu_seconds = time.perf_counter() - began, time.thread_time() - cpu_began
+                self._record(size, seconds, cpu_seconds, busy[0].elapsed_time(busy[1]) / 1000)
             except torch.cuda.OutOfMemoryError:
+                batch = staged = probs = None  # let go of their memory before the cache is emptied
                 torch.cuda.empty_cache()
-                if len(batch_origins) == 1:
+                if size == 1:
                     raise
                 with self._state_lock:
-                    smaller = [c for c in self.sizer.candidates if c < len(batch_origins)]
+                    smaller = [c for c in self.sizer.candidates if c < size]
                     self.sizer = BatchSizer(smaller or [1])
+                continue
+            start += size
+            yield batch.origins, result
 
 
 def _stacked(image: np.ndarray, origins: Sequence[Origin], tile: int) -> np.ndarray:
