@@ -1,8 +1,10 @@
 """The GPU path: batches staged in pinned buffers and copied on a side stream give the same probabilities as
-plain copies, and the buffers are reused."""
+plain copies, the buffers are reused, and the GPU benchmark says when it cannot run."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from pipeline.runner import ModelRunner, ModelSpec, _stacked
 
 from .conftest import random_image, write_geotiff
 
+ROOT = Path(__file__).resolve().parents[1]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -93,3 +96,13 @@ def test_a_run_on_the_gpu_matches_the_cpu(checkpoint, tmp_path: Path) -> None:
         predict(scene, tmp_path / f"{device}.zarr", checkpoint, device=device, **options)
     on_cpu, on_gpu = (zarr.open_group(str(tmp_path / f"{d}.zarr"), mode="r")["probs"][:] for d in ("cpu", "cuda"))
     np.testing.assert_allclose(on_gpu, on_cpu, atol=2e-3, rtol=0)  # TF32 convolutions on the GPU
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the benchmark runs where there is a CUDA device")
+def test_the_gpu_benchmark_says_in_one_line_that_it_needs_cuda() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu"], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1 and "CUDA" in lines[0], done.stdout
