@@ -11,12 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
+import weakref
 from collections.abc import Iterator
 
 import torch
 
 from tiling.errors import OptionError
 
+from .forward_pool import ForwardPool
 from .options import PRECISION_NAMES
 
 PRECISIONS = dict(zip(PRECISION_NAMES, (None, torch.bfloat16, torch.float16), strict=True))
@@ -78,11 +81,17 @@ def set_torch_threads(threads: int) -> None:
 
 
 class ForwardThreads:
-    """The forward passes this process runs side by side on a CPU: ``count`` pool threads are at work at a
-    time (one per chunk task a worker runs at once)."""
+    """The forward passes this process runs side by side on a CPU, and the pools whose threads run them.
+
+    ``count`` is how many pool threads are at work at a time (one per chunk task a worker runs at once). The
+    pools are listed so that a failed run can end their threads (``cpu_threads``); a pool that is no longer
+    used drops out of the list by itself.
+    """
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._count = 1
+        self._pools: weakref.WeakSet[ForwardPool] = weakref.WeakSet()
 
     @property
     def count(self) -> int:
@@ -90,6 +99,19 @@ class ForwardThreads:
 
     def set(self, count: int) -> None:
         self._count = max(1, count)
+
+    def attach(self, pool: ForwardPool) -> None:
+        """List ``pool`` as one that runs this process's forward passes."""
+        with self._lock:
+            self._pools.add(pool)
+
+    def stop_pools(self) -> None:
+        """Stop every listed pool: queued tiles are given up, and the threads end once their batch is done and
+        are joined (the pools start new threads when next asked)."""
+        with self._lock:
+            pools = list(self._pools)
+        for pool in pools:
+            pool.stop()
 
 
 _FORWARD_THREADS = ForwardThreads()
@@ -102,13 +124,21 @@ def process_forward_threads() -> ForwardThreads:
 
 @contextlib.contextmanager
 def cpu_threads(workers: int) -> Iterator[None]:
-    """Run ``workers`` forward passes side by side for a run, each on an equal share of the CPU cores."""
+    """Run ``workers`` forward passes side by side for a run, each on an equal share of the CPU cores.
+
+    A run that fails (an error in any of its tasks, or an interrupt) stops the forward pools before the error
+    goes on: their threads finish the batch they hold, end, and are joined, so none is left running the model
+    when the interpreter exits.
+    """
     forward = process_forward_threads()
     previous = torch.get_num_threads(), forward.count
     set_torch_threads(max(1, available_cores() // workers))
     forward.set(workers)
     try:
         yield
+    except BaseException:
+        forward.stop_pools()
+        raise
     finally:
         set_torch_threads(previous[0])
         forward.set(previous[1])

@@ -26,6 +26,10 @@ Origin = tuple[int, int]
 Outcome = np.ndarray | BaseException
 
 
+class ForwardPoolStopped(RuntimeError):
+    """The pool was stopped (a run failed) before it ran every tile of a request."""
+
+
 @dataclass(eq=False)
 class TileRequest:
     """One caller's tiles: raw pixels (bands, rows, cols), what to keep, and where each tile starts."""
@@ -40,6 +44,8 @@ class TileRequest:
     #: Tiles handed to the pool's threads so far, and batches made of them.
     taken: int = 0
     batches: int = 0
+    #: Batches a pool thread has taken and not yet handed back.
+    running: int = 0
     #: (batch number, origins, probabilities or the error that stopped the batch), in the order they finish.
     results: queue.SimpleQueue[tuple[int, list[Origin], Outcome]] = field(default_factory=queue.SimpleQueue)
 
@@ -62,6 +68,10 @@ class ForwardPool:
     whatever order a scheduler starts them in: the neighbours a chunk's blend waits for are done first, and the
     throttle lets the next chunk start (and queue its tiles) while the pool is still busy. ``threads`` pool
     threads are at work at a time; the pool grows when asked for more and parks the threads it does not need.
+
+    A caller that leaves before its tiles are done (it failed) gives up the tiles not yet taken and waits for the
+    batches of its request that threads are running, so no thread works for a caller that has gone. ``stop``
+    ends the threads (a failed run: see ``devices.cpu_threads``); the next request starts new ones.
     """
 
     def __init__(
@@ -72,6 +82,8 @@ class ForwardPool:
         self._requests: list[TileRequest] = []  # by priority, then arrival
         self._changed = threading.Condition()
         self._threads: list[threading.Thread] = []
+        #: Threads of an older generation end (a stopped pool's threads end once their batch is done).
+        self._generation = 0
         self._active = 0
         self._closed = False
 
@@ -83,7 +95,8 @@ class ForwardPool:
     @contextlib.contextmanager
     def queued(self, request: TileRequest, threads: int) -> Iterator[Iterator[tuple[list[Origin], np.ndarray]]]:
         """Queue ``request`` now, on ``threads`` pool threads; the value is an iterator over its (origins,
-        probabilities) batch by batch. Leaving the block gives up the tiles not yet taken (a failed caller)."""
+        probabilities) batch by batch. Leaving the block gives up the tiles not yet taken (a failed caller) and
+        waits for the batches already taken."""
         if not request.origins:
             yield iter(())
             return
@@ -93,7 +106,10 @@ class ForwardPool:
             self._active = threads
             while len(self._threads) < threads:
                 thread = threading.Thread(
-                    target=self._work, args=(len(self._threads),), name="tilewise-forward", daemon=True
+                    target=self._work,
+                    args=(len(self._threads), self._generation),
+                    name="tilewise-forward",
+                    daemon=True,
                 )
                 self._threads.append(thread)
                 thread.start()
@@ -102,15 +118,23 @@ class ForwardPool:
         try:
             yield self._results(request)
         finally:
-            with self._changed:  # a failed or abandoned request gives up its remaining tiles
+            with self._changed:
                 if request in self._requests:
                     self._requests.remove(request)
+                while request.running:
+                    self._changed.wait()
 
     @property
     def idle(self) -> bool:
         """No queued tile is waiting for a thread (the threads may still be finishing their last batches)."""
         with self._changed:
             return not self._requests
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """The pool's current threads (a stopped or closed pool's are joined and no longer listed)."""
+        with self._changed:
+            return list(self._threads)
 
     @staticmethod
     def _results(request: TileRequest) -> Iterator[tuple[list[Origin], np.ndarray]]:
@@ -127,21 +151,39 @@ class ForwardPool:
                 returned += len(origins)
                 yield origins, probs
 
+    def stop(self) -> None:
+        """Give up every queued tile (their callers raise ``ForwardPoolStopped``), let the threads finish the
+        batch each holds, and join them. The pool stays usable: the next request starts new threads."""
+        with self._changed:
+            abandoned, self._requests = self._requests, []
+            threads, self._threads = self._threads, []
+            self._generation += 1
+            self._changed.notify_all()
+        for request in abandoned:
+            request.results.put((-1, [], ForwardPoolStopped("the forward pool was stopped: the run failed")))
+        for thread in threads:
+            thread.join()
+
     def close(self) -> None:
-        """Let the threads end once they run out of work (they hold the model); a later request is refused."""
+        """Refuse later requests, let the threads finish the queued ones and end (they hold the model), and join
+        them."""
         with self._changed:
             self._closed = True
+            threads, self._threads = self._threads, []
             self._changed.notify_all()
+        for thread in threads:
+            thread.join()
 
-    def _work(self, index: int) -> None:
+    def _work(self, index: int, generation: int) -> None:
         while True:
             with self._changed:
-                while index >= self._active or not self._requests:
-                    if self._closed:
+                while index >= self._active or not self._requests or generation != self._generation:
+                    if self._closed or generation != self._generation:
                         return
                     self._changed.wait()
                 request = self._requests[0]
                 number, origins = request.take(self._batch_size())
+                request.running += 1
                 if request.exhausted:
                     self._requests.pop(0)
             try:
@@ -149,3 +191,7 @@ class ForwardPool:
             except BaseException as error:  # handed to the caller, which raises it
                 outcome = error
             request.results.put((number, origins, outcome))
+            with self._changed:
+                request.running -= 1
+                if not request.running and request not in self._requests:
+                    self._changed.notify_all()  # its caller may be waiting to leave

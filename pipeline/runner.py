@@ -87,6 +87,8 @@ class ModelRunner:
             threading.Lock() if on_gpu else contextlib.nullcontext()
         )
         self._pool = ForwardPool(self._next_size, self._run_request) if self.device.type == "cpu" else None
+        if self._pool is not None:
+            process_forward_threads().attach(self._pool)
         self._state_lock = threading.Lock()
         self.tiles_run = 0
         #: CPU seconds the forward passes took on the threads that ran them (meaningful on a CPU device: a GPU
@@ -178,8 +180,8 @@ class ModelRunner:
         return self._pool is not None and self._pool.idle
 
     def close(self) -> None:
-        """Stop the forward pool's threads (a closed runner runs nothing more), and let go of the pinned
-        buffers."""
+        """Stop the forward pool's threads once they have run the tiles queued (a closed runner runs nothing
+        more), and let go of the pinned buffers."""
         if self._pool is not None:
             self._pool.close()
         if self._stager is not None:

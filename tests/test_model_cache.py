@@ -35,6 +35,7 @@ def test_a_spec_loads_its_checkpoint_once_and_release_closes_the_runners(checkpo
     assert started and cache.is_idle(spec)
 
     cache.release()
+    assert not any(t.is_alive() for t in started)
     assert cache.runner(spec) is not runner and cache.loads == loads + 2
 
 
