@@ -2,7 +2,7 @@
 
 Workers read the input and write finished chunks into the work store themselves; the client sends a small graph
 (readers and models travel as descriptions) and gets back tile statistics only. Each worker process loads the
-model once (``runner.get_runner`` caches it per process). Model tasks ask for ``resources={"GPU": 1}`` when the
+model once (``cache.model_cache`` keeps it per process). Model tasks ask for ``resources={"GPU": 1}`` when the
 run is on CUDA, so a mixed cluster runs them only on GPU workers; a cluster without any is refused up front.
 """
 
