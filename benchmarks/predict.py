@@ -103,7 +103,7 @@ def _model_alone(runner, batches: list[np.ndarray], workers: int) -> tuple[float
     import itertools
     import threading
 
-    from pipeline.runner import cpu_threads
+    from pipeline.devices import cpu_threads
 
     normalization = runner.card.normalization
     taken = itertools.count()
@@ -143,16 +143,16 @@ def child_model_bound(scene: Path, workdir: Path, min_runs: int = 5, min_seconds
     inside the run). The ratio is about their product.
     """
     from pipeline import predict
+    from pipeline.cache import model_cache
     from pipeline.options import PredictOptions
     from pipeline.run_plan import plan_run
-    from pipeline.runner import get_runner
 
     checkpoint = _default_checkpoint(workdir)
     out = workdir / f"out_model_{scene.stem}.tif"
     # The run's own grid and runner (what predict sets up), loaded before the first run as the later runs find
     # it: every run is timed with the model in memory, and the model alone is the very model the run used.
     with plan_run(scene, checkpoint, PredictOptions()) as plan:
-        runner = get_runner(plan.job.model)
+        runner = model_cache().runner(plan.job.model)
     runs: list[float] = []
     alone: list[float] = []
     run_cpu: list[float] = []  # CPU seconds of the forward passes, each side

@@ -2,7 +2,7 @@
 
 Workers read the input and write finished chunks into the work store themselves; the client sends a small graph
 (readers and models travel as descriptions) and gets back tile statistics only. Each worker process loads the
-model once (``runner.get_runner`` caches it per process). Model tasks ask for ``resources={"GPU": 1}`` when the
+model once (``cache.model_cache`` keeps it per process). Model tasks ask for ``resources={"GPU": 1}`` when the
 run is on CUDA, so a mixed cluster runs them only on GPU workers; a cluster without any is refused up front.
 """
 
@@ -71,11 +71,11 @@ def _torch_threads_plugin(threads_per_host: dict[str, int]) -> Any:
         name = "tilewise-torch-threads"
 
         def setup(self, worker: Any) -> None:
-            from .runner import available_cores, set_forward_threads, set_torch_threads
+            from .devices import available_cores, process_forward_threads, set_torch_threads
 
             sharing = threads_per_host.get(get_address_host(worker.address), worker.state.nthreads)
             set_torch_threads(max(1, available_cores() // max(1, sharing)))
-            set_forward_threads(worker.state.nthreads)
+            process_forward_threads().set(worker.state.nthreads)
 
     return TorchThreads()
 

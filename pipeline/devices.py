@@ -1,23 +1,40 @@
-"""Device and precision choices, checked before any work starts."""
+"""Devices and threads: which device a model runs on, and how a process shares its CPU cores.
+
+``auto`` is decided in one place, ``auto_device``: by the process that checks the options when the model runs
+there, by each cluster worker for itself otherwise. On a CPU a process runs several forward passes side by side
+(``ForwardThreads``), each on its share of the cores, which beats one forward pass spread over all cores for
+convolutions of tile size.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import threading
+import weakref
+from collections.abc import Iterator
 
 import torch
 
 from tiling.errors import OptionError
 
+from .forward_pool import ForwardPool
 from .options import PRECISION_NAMES
 
 PRECISIONS = dict(zip(PRECISION_NAMES, (None, torch.bfloat16, torch.float16), strict=True))
+
+
+def auto_device() -> str:
+    """What ``auto`` means in this process: its first GPU when one is visible, else the CPU."""
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
 def resolve_device(name: str, here: bool = True) -> str:
     """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; ``cuda``/``cuda:N`` must exist.
 
     With ``here=False`` (the model runs on cluster workers, not in this process) the name is only checked for
-    syntax: ``auto`` stays ``auto`` and each worker resolves it for itself.
+    syntax: ``auto`` stays ``auto`` and each worker resolves it for itself (``process_device``).
     """
     name = name.strip().lower()
     match = re.fullmatch(r"cuda(?::(\d+))?", name)
@@ -26,7 +43,7 @@ def resolve_device(name: str, here: bool = True) -> str:
     if not here:
         return f"cuda:{int(match.group(1) or 0)}" if match else name
     if name == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
+        return auto_device()
     if name == "cpu":
         return "cpu"
     assert match is not None
@@ -38,8 +55,90 @@ def resolve_device(name: str, here: bool = True) -> str:
     return f"cuda:{index}"
 
 
+def process_device(device: str) -> str:
+    """The device a model runs on in this process: a resolved device as it is, ``auto`` decided here."""
+    return auto_device() if device == "auto" else device
+
+
 def check_precision(precision: str, device: str) -> None:
     if precision not in PRECISIONS:
         raise OptionError(f"unknown precision {precision!r} (expected fp32, bf16 or fp16)")
     if precision == "fp16" and device == "cpu":
         raise OptionError("fp16 autocast is for GPUs; on the CPU use --precision bf16 or fp32")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity under SLURM, taskset or a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def set_torch_threads(threads: int) -> None:
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+class ForwardThreads:
+    """The forward passes this process runs side by side on a CPU, and the pools whose threads run them.
+
+    ``count`` is how many pool threads are at work at a time (one per chunk task a worker runs at once). The
+    pools are listed so that a failed run can end their threads (``cpu_threads``); a pool that is no longer
+    used drops out of the list by itself.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 1
+        self._pools: weakref.WeakSet[ForwardPool] = weakref.WeakSet()
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def set(self, count: int) -> None:
+        self._count = max(1, count)
+
+    def attach(self, pool: ForwardPool) -> None:
+        """List ``pool`` as one that runs this process's forward passes."""
+        with self._lock:
+            self._pools.add(pool)
+
+    def stop_pools(self) -> None:
+        """Stop every listed pool: queued tiles are given up, and the threads end once their batch is done and
+        are joined (the pools start new threads when next asked)."""
+        with self._lock:
+            pools = list(self._pools)
+        for pool in pools:
+            pool.stop()
+
+
+_FORWARD_THREADS = ForwardThreads()
+
+
+def process_forward_threads() -> ForwardThreads:
+    """This process's ``ForwardThreads``."""
+    return _FORWARD_THREADS
+
+
+@contextlib.contextmanager
+def cpu_threads(workers: int) -> Iterator[None]:
+    """Run ``workers`` forward passes side by side for a run, each on an equal share of the CPU cores.
+
+    A run that fails (an error in any of its tasks, or an interrupt) stops the forward pools before the error
+    goes on: their threads finish the batch they hold, end, and are joined, so none is left running the model
+    when the interpreter exits.
+    """
+    forward = process_forward_threads()
+    previous = torch.get_num_threads(), forward.count
+    set_torch_threads(max(1, available_cores() // workers))
+    forward.set(workers)
+    try:
+        yield
+    except BaseException:
+        forward.stop_pools()
+        raise
+    finally:
+        set_torch_threads(previous[0])
+        forward.set(previous[1])

@@ -24,7 +24,8 @@ from tiling.readers.base import RasterReader
 from tiling.windows import window_profile
 
 from .budget import HeapGuard, keep_freed_memory, release_free_memory
-from .runner import ModelSpec, get_runner, runner_is_idle
+from .cache import model_cache
+from .runner import ModelSpec
 
 ChunkIndex = tuple[int, int]
 
@@ -193,7 +194,7 @@ def infer_chunk(reader: RasterReader, job: TileJob, task: ChunkTask, _after: obj
     with contextlib.ExitStack() as queued:
         groups = []
         parts: list[tuple[np.ndarray, ...]] = []
-        for part in _read_parts(rows, local, tile, task.raster_shape[0], runner_is_idle(job.model)):
+        for part in _read_parts(rows, local, tile, task.raster_shape[0], model_cache().is_idle(job.model)):
             parts.append(_read_window(reader, part, cols, task.raster_shape, area))
             image, valid, selected = _joined(parts)
             ready = [o for o in local[considered:] if o[0] + tile <= image.shape[-2]]
@@ -202,7 +203,7 @@ def infer_chunk(reader: RasterReader, job: TileJob, task: ChunkTask, _after: obj
             if run_now:
                 keep_freed_memory()
                 mask = None if valid.all() else valid
-                runner = get_runner(job.model)
+                runner = model_cache().runner(job.model)
                 group = runner.queued(image, mask, run_now, tile, job.normalization, task.rank)
                 groups.append(queued.enter_context(group))
                 runnable += run_now

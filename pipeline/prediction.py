@@ -35,14 +35,14 @@ from tiling.grid import resolve_overlap
 from tiling.writers import Writing
 
 from .budget import HeapGuard, keep_freed_memory, parse_size, release_free_memory
+from .cache import model_cache
 from .checkpoint import Checkpoint
 from .cluster import SchedulerChoice, connect, run_graph, total_threads
-from .devices import resolve_device
+from .devices import cpu_threads, resolve_device
 from .graph import GraphKeys, RunStats, build_graph
 from .options import PredictOptions
 from .products import write_products
 from .run_plan import ModelSource, RunPlan, plan_run
-from .runner import cpu_threads, get_runner
 
 
 @dataclass
@@ -126,7 +126,7 @@ def predict(
         chunks_computed=run.stats.chunks_written,
         chunk=plan.chunks.chunk[0],
         workers=run.workers,
-        batch_size=None if choice.distributed else get_runner(plan.job.model).sizer.chosen,
+        batch_size=None if choice.distributed else model_cache().runner(plan.job.model).sizer.chosen,
         device=plan.job.model.device,
         seconds=time.perf_counter() - began,
         resumed=bool(writing.done),

@@ -12,7 +12,7 @@ import torch
 from rasterio.transform import from_origin
 
 from pipeline import ModelCard, UNetConfig, build_model, save_checkpoint
-from pipeline.runner import release_runners
+from pipeline.cache import model_cache
 from tiling import Normalization
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -29,9 +29,9 @@ def shared_file(relative: str) -> Path:
 @pytest.fixture(autouse=True)
 def _fresh_runners():
     """Each test loads its own models (tests rewrite checkpoints at the same paths)."""
-    release_runners()
+    model_cache().release()
     yield
-    release_runners()
+    model_cache().release()
 
 
 def make_checkpoint(

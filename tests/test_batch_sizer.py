@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.runner import BatchSizer
+from pipeline.batch_sizer import BatchSizer
 
 
 def calibrate(sizer: BatchSizer, per_tile: dict[int, float], threads: int = 2, drift: float = 0.0) -> list[int]:

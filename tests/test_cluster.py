@@ -50,7 +50,7 @@ def test_cluster_output_equals_threads_and_each_worker_loads_the_model_once(file
     np.testing.assert_allclose(_probs(out), _probs(files["reference"]), atol=1e-5, rtol=0)
     assert report.tiles_run == report.tiles_total and report.workers == 2
     with distributed.Client(cluster) as client:
-        loads = client.run(lambda: __import__("pipeline.runner").runner.LOADS)
+        loads = client.run(lambda: __import__("pipeline.cache").cache.model_cache().loads)
     assert sum(loads.values()) >= 1 and all(n <= 1 for n in loads.values()), loads
 
 
@@ -154,7 +154,7 @@ def test_workers_share_their_hosts_cores_between_torch_threads(cluster) -> None:
     from distributed.comm import get_address_host
 
     from pipeline.cluster import _torch_threads_plugin, share_cores
-    from pipeline.runner import available_cores
+    from pipeline.devices import available_cores
 
     def torch_threads() -> int:
         return __import__("torch").get_num_threads()

@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.runner import ForwardPool, ModelRunner, ModelSpec, TileRequest, _stacked
+from pipeline.forward_pool import ForwardPool, TileRequest
+from pipeline.runner import ModelRunner, ModelSpec, _stacked
 from tiling.normalize import Normalization
 
 NORM = Normalization((0.0,), (1.0,))

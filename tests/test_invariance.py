@@ -142,7 +142,8 @@ def test_a_chunk_read_in_parts_queues_its_first_row_of_tiles_before_reading_the_
 ) -> None:
     """A chunk that starts while the forward pool is idle reads the rows of its first tile row, queues those
     tiles, then reads the rest; the output is the same as reading each window at once."""
-    from pipeline import graph, runner
+    from pipeline import runner
+    from pipeline.cache import ModelCache
     from tiling.readers import GdalReader
 
     path, _image, checkpoint = scene
@@ -161,7 +162,7 @@ def test_a_chunk_read_in_parts_queues_its_first_row_of_tiles_before_reading_the_
     monkeypatch.setattr(runner.ModelRunner, "queued", queued_spy)
     outputs = {}
     for idle in (False, True):
-        monkeypatch.setattr(graph, "runner_is_idle", lambda spec, idle=idle: idle)
+        monkeypatch.setattr(ModelCache, "is_idle", lambda self, spec, idle=idle: idle)
         events.clear()
         # One worker: the chunks' reads and queues do not interleave in the record.
         outputs[idle] = _probs(path, checkpoint, tmp_path / f"idle{idle}.zarr", chunk=128, batch_size=1, workers=1)
