@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from rasterio.crs import CRS
-
 from tiling.readers import RasterInfo, RasterReader, ResampledReader
 from tiling.writers.disk import mib
 
 from .options import PredictOptions
 from .run_plan import RunPlan, plan_run
-
-
-def _crs_name(wkt: str) -> str:
-    crs = CRS.from_wkt(wkt)
-    return crs.to_string() if crs.to_epsg() else crs.to_wkt()[:80] + "…"
 
 
 def raster_lines(info: RasterInfo, bands: tuple[int, ...]) -> list[str]:
@@ -25,7 +18,7 @@ def raster_lines(info: RasterInfo, bands: tuple[int, ...]) -> list[str]:
         f"nodata      {'none' if info.nodata is None else info.nodata}",
     ]
     if info.crs:
-        lines.append(f"crs         {_crs_name(info.crs)}")
+        lines.append(f"crs         {info.crs_name}")
     if info.transform:
         a, b, c, d, e, f = info.transform
         lines.append(f"transform   origin ({c:.6g}, {f:.6g}), pixel ({a:.6g}, {e:.6g}), rotation ({b:.3g}, {d:.3g})")

@@ -26,11 +26,11 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-import rasterio
 from dask.diagnostics import ProgressBar
 from dask.highlevelgraph import HighLevelGraph
 
 from tiling.errors import InputError, OptionError
+from tiling.gdal_env import gdal_block_cache
 from tiling.grid import resolve_overlap
 from tiling.writers import Writing
 
@@ -110,7 +110,7 @@ def predict(
         # One small GDAL block cache for the run and the assembly: GDAL's default (5 % of RAM) would let a COG's
         # assembly grow with the raster (16384²: 409 MiB more while GDAL built the overviews, 74 MiB capped).
         with (
-            rasterio.Env(GDAL_CACHEMAX=plan.resources.gdal_cache_mb),
+            gdal_block_cache(plan.resources.gdal_cache_mb),
             plan.output.writing(plan.chunks.chunk, plan.chunks.shape, plan.record(), opts.resume) as writing,
         ):
             run = _execute(plan, writing, choice, opts)

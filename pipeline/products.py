@@ -13,10 +13,10 @@ from tiling.masking import CoarseMask
 from tiling.readers import RasterReader
 from tiling.writers import OutputFormat
 from tiling.writers.atomic import check_destination
+from tiling.writers.polygons import vector_driver, write_polygons
+from tiling.writers.preview import write_preview
 
 from .options import PredictOptions
-from .preview import write_preview
-from .vector import vector_driver, write_polygons
 
 
 @dataclass

@@ -14,11 +14,11 @@ from scipy.ndimage import uniform_filter
 from skimage.measure import label as connected_components
 
 from pipeline import predict
-from pipeline.preview import write_preview
-from pipeline.vector import polygonise, write_polygons
 from tiling import Span, open_raster
 from tiling.readers import TiffReader
 from tiling.writers.geotiff import PALETTE
+from tiling.writers.polygons import polygonise, write_polygons
+from tiling.writers.preview import write_preview
 
 from .conftest import make_checkpoint, random_image, shared_file, write_geotiff
 from .test_slides import write_pyramid

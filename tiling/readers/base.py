@@ -32,6 +32,16 @@ class RasterInfo:
     nodata: float | None = None
     pixel_size_um: tuple[float, float] | None = None
 
+    @property
+    def crs_name(self) -> str | None:
+        """The CRS as people name it (``EPSG:32618``), or the start of its WKT when it has no EPSG code."""
+        if not self.crs:
+            return None
+        from rasterio.crs import CRS
+
+        crs = CRS.from_wkt(self.crs)
+        return crs.to_string() if crs.to_epsg() else crs.to_wkt()[:80] + "…"
+
 
 class RasterReader(Protocol):
     """A raster opened for windowed reads of selected bands.

@@ -11,6 +11,7 @@ raster without georeferencing) are dropped after merging.
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from collections import defaultdict
@@ -27,11 +28,12 @@ from shapely.geometry import Polygon
 from shapely.geometry import shape as to_shape
 from shapely.geometry.polygon import orient
 
-from tiling.errors import OptionError, OutputError
-from tiling.plan import Span
-from tiling.readers import open_raster
-from tiling.writers.atomic import check_destination, commit, remove_path
-from tiling.writers.encode import NODATA_UINT8
+from ..errors import OptionError, WriteFailure
+from ..plan import Span
+from ..readers import open_raster
+from .atomic import check_destination, commit, remove_path
+from .encode import NODATA_UINT8
+from .write_errors import named_errno
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 #: Side of the windows the label raster is polygonised in.
@@ -130,6 +132,7 @@ def write_polygons(
     partial = vector_partial(dest)
     remove_path(partial)
     # pyogrio carries its own GDAL beside rasterio's: load it only when polygons are asked for.
+    import pyogrio.errors
     import pyogrio.raw
 
     written = 0
@@ -171,7 +174,14 @@ def write_polygons(
         commit(partial, dest)
     except BaseException as exc:
         remove_path(partial)
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write polygons to {dest}: {exc}") from None
+        if isinstance(exc, OSError | pyogrio.errors.DataSourceError | pyogrio.errors.DataLayerError):
+            raise _vector_write_failure(dest, exc) from None
         raise
     return written
+
+
+def _vector_write_failure(dest: Path, error: BaseException) -> WriteFailure:
+    """What a failed write of polygons to ``dest`` says: pyogrio's GDAL reports a full disk only as text."""
+    code = getattr(error, "errno", None) or named_errno(str(error))
+    quiet = code in (errno.ENOSPC, errno.EFBIG)
+    return WriteFailure(dest, code, "" if quiet else " ".join(str(error).split()) or type(error).__name__)

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tiling.errors import OutputError
-from tiling.masking import CoarseMask
-from tiling.readers import RasterReader, open_raster
-from tiling.writers.atomic import check_destination, commit, remove_path
-from tiling.writers.encode import NODATA_UINT8
-from tiling.writers.geotiff import PALETTE
+from ..masking import CoarseMask
+from ..readers import RasterReader, open_raster
+from .atomic import check_destination, commit, remove_path
+from .encode import NODATA_UINT8
+from .geotiff import PALETTE
+from .write_errors import os_write_errors
 
 #: Opacity of class colours over the image; pixels outside the valid area are dimmed to this brightness.
 CLASS_ALPHA = 0.5
@@ -114,9 +114,10 @@ def write_preview(
         _legend(image, label_map, class_names)
     partial = dest.with_name(dest.name + ".partial")
     try:
-        image.save(partial, format="PNG")
-        commit(partial, dest)
-    except OSError as exc:
+        with os_write_errors(dest):
+            image.save(partial, format="PNG")
+            commit(partial, dest)
+    except BaseException:
         remove_path(partial)
-        raise OutputError(f"cannot write preview {dest}: {exc}") from None
+        raise
     return dest
