@@ -7,9 +7,11 @@ option or config, 1 for bad input, output or checkpoint. ``--debug`` shows the t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tiling.errors import OptionError, TilewiseError, TilewiseWarning, notes
@@ -322,11 +324,24 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _library_logs(args.debug):
         if not args.debug:
             warnings.simplefilter("always", TilewiseWarning)
             warnings.showwarning = _show_warning
         return _run_command(args)
+
+
+@contextlib.contextmanager
+def _library_logs(debug: bool) -> Iterator[None]:
+    """Libraries' log records (tifffile's, rasterio's, Dask's) reach the terminal only with ``--debug``: what a
+    user must know comes as tilewise's own error or warning line."""
+    root = logging.getLogger()
+    handler: logging.Handler = logging.StreamHandler(sys.stderr) if debug else logging.NullHandler()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 def _run_command(args: argparse.Namespace) -> int:

@@ -176,3 +176,30 @@ def test_a_run_that_succeeds_keeps_the_pool_threads() -> None:
         assert len(list(pool.run(_request(4), threads=2))) == 4
     assert pool.threads and all(t.is_alive() for t in pool.threads)
     pool.close()
+
+
+def _cut_before_first_directory(source: Path, folder: Path, name: str) -> Path:
+    """``source`` cut just before its first image directory (its header points past the end)."""
+    import tifffile
+
+    with tifffile.TiffFile(source) as tif:
+        first = tif.pages.first.offset
+    cut = folder / name
+    cut.write_bytes(source.read_bytes()[:first])
+    return cut
+
+
+def test_a_slide_cut_before_its_first_directory_is_one_line(tmp_path: Path) -> None:
+    from .test_slides import write_pyramid
+
+    slide = write_pyramid(tmp_path / "slide.svs", random_image((3, 600, 700), seed=2))
+    header_only = tmp_path / "header-only.tif"
+    header_only.write_bytes(slide.read_bytes()[:16])
+    for cut in (_cut_before_first_directory(slide, tmp_path, "cut.svs"), header_only):
+        done = _cli("predict", cut, tmp_path / "out.tif", "--model", DEMO_MODEL)
+        assert done.returncode == 1, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert lines[0].startswith("tilewise: error: ") and cut.name in lines[0], lines[0]
+        assert "not a readable TIFF" in lines[0] and "internal error" not in lines[0], lines[0]
+    assert not list(tmp_path.glob("out.tif*"))

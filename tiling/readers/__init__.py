@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import tifffile
-
 from ..errors import InputError, OptionError
 from .base import RasterInfo, RasterReader
 from .geotiff import GdalReader
 from .resample import ResampledReader
 from .slide import Level, check_level, choose_level
 from .tiff import TiffReader
+from .tiff_files import open_tiff
 from .zarr_reader import ZarrReader
 
 __all__ = [
@@ -40,11 +39,8 @@ def _is_tiff(path: Path) -> bool:
 
 
 def _is_georeferenced_tiff(path: Path) -> bool:
-    try:
-        with tifffile.TiffFile(path) as tif:
-            return tif.is_geotiff
-    except Exception as exc:
-        raise InputError(f"{path} is not a readable TIFF: {exc}") from None
+    with open_tiff(str(path)) as tif:
+        return bool(tif.is_geotiff)
 
 
 def open_raster(

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import tifffile
 import zarr
 
 from ..errors import InputError
@@ -18,6 +17,7 @@ from ..plan import Span
 from .base import HandlePool, RasterInfo, check_dtype, check_shape, nan_free, read_error, select_bands
 from .resample import reduce_by_strips
 from .slide import Level, check_decodable, slide_format, slide_levels
+from .tiff_files import open_tiff
 
 GDAL_NODATA_TAG = 42113
 
@@ -26,7 +26,7 @@ class _OpenTiff:
     """A TIFF file and the zarr array over one level of its first series."""
 
     def __init__(self, path: str, level: int) -> None:
-        self.tif = tifffile.TiffFile(path)
+        self.tif = open_tiff(path)
         self.series = self.tif.series[0]
         self.array = zarr.open_array(self.series.aszarr(level=level), mode="r")
 
@@ -39,10 +39,7 @@ class TiffReader:
 
     def __init__(self, path: str, bands: tuple[int, ...] | list[int] | None = None, level: int = 0) -> None:
         self.path, self.level = path, level
-        try:
-            tif = tifffile.TiffFile(path)
-        except Exception as exc:  # tifffile raises many types for damaged files
-            raise InputError(f"{path} is not a readable TIFF: {exc}") from None
+        tif = open_tiff(path)
         try:
             fmt = slide_format(tif)
             self.levels: tuple[Level, ...] = slide_levels(tif)
