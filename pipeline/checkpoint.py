@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from tiling.errors import CheckpointError, OptionError
+from tiling.instances import InstanceSpec
 from tiling.normalize import Normalization
 
 from .model import UNet, UNetConfig
@@ -38,6 +39,10 @@ class ModelCard:
     bands: tuple[int, ...] | None = None
     band_names: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
+    #: How objects are found in the model's label map (None: each region of a class ≥ 1 is an object).
+    instances: InstanceSpec | None = None
+    #: The pixel size (µm) the model was trained at; a slide is then read at it unless told otherwise.
+    pixel_size_um: float | None = None
 
     def __post_init__(self) -> None:
         expected = 2 if self.model.classes == 1 else self.model.classes
@@ -53,6 +58,17 @@ class ModelCard:
         if self.bands is not None and len(self.bands) != self.model.in_channels:
             raise OptionError(f"{len(self.bands)} input bands listed for a {self.model.in_channels}-band model")
         self.model.check_tile(self.tile_size)
+        classes = max(self.model.classes, 2)
+        if (
+            self.instances is not None
+            and max((*self.instances.object_classes, *self.instances.growth_classes)) >= classes
+        ):
+            raise OptionError(f"the instance rule names a class the model's {classes} classes do not have")
+
+    @property
+    def instance_spec(self) -> InstanceSpec:
+        """How objects are found in the label map: the card's rule, or every region of a class ≥ 1."""
+        return self.instances or InstanceSpec.components(self.model.classes)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -64,6 +80,8 @@ class ModelCard:
                 "bands": list(self.bands) if self.bands else None,
                 "band_names": list(self.band_names),
                 "info": self.info,
+                "instances": self.instances.to_mapping() if self.instances else None,
+                "pixel_size_um": self.pixel_size_um,
             }
         )
 
@@ -79,6 +97,8 @@ class ModelCard:
             bands=tuple(spec["bands"]) if spec.get("bands") else None,
             band_names=tuple(spec.get("band_names", ())),
             info=dict(spec.get("info", {})),
+            instances=InstanceSpec.from_mapping(spec["instances"]) if spec.get("instances") else None,
+            pixel_size_um=float(spec["pixel_size_um"]) if spec.get("pixel_size_um") else None,
         )
 
 

@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", help="fp32 (default), bf16 or fp16 (autocast)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--tta", help="test-time augmentation: none (default) or flips")
-    p.add_argument("--output-kind", help="labels (default), probs or both")
+    p.add_argument(
+        "--output-kind", help="labels (default), probs, both, instances, or layers joined by commas (labels,instances)"
+    )
     p.add_argument("--probs-dtype", help="probabilities as float32 (default) or uint8")
     p.add_argument("--threshold", type=float, help="binary label threshold (default 0.5)")
     p.add_argument("--format", help="cog, geotiff, ome-tiff, ome-zarr or zarr (default: from the output's name)")
@@ -103,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vector", help="write the label map as polygons: .gpkg or .geojson, in the input's CRS")
     p.add_argument("--min-area", type=float, help="drop polygons smaller than this (map units², default 0)")
     p.add_argument("--vector-classes", type=_bands, help="classes to polygonise, e.g. 1,2 (default: all but 0)")
+    p.add_argument("--vector-style", help="plain (default) or qupath (detections in level-0 pixels, for QuPath)")
+    p.add_argument("--objects", help="write the object table (.csv or .parquet): one row per object")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output")
     p.add_argument("--work-dir", help="folder or fsspec URL for the work store (default: next to the output)")
     p.add_argument("--scheduler", help="threads (default) or tcp://HOST:PORT of a running Dask scheduler")
@@ -182,6 +186,9 @@ def summary(report: PredictReport) -> str:
         parts.append(f"{report.valid_fraction:.1%} of the raster inside the mask")
     if report.chunks_unread:
         parts.append(f"{report.chunks_unread} of {report.chunks} chunk(s) not read")
+    if report.objects is not None:
+        counts = ", ".join(f"{n} {name}" for name, n in report.objects.items()) or "none"
+        parts.append(f"{sum(report.objects.values())} object(s) ({counts})")
     if report.polygons is not None:
         parts.append(f"{report.polygons} polygon(s)")
     if report.pixel_size_um:

@@ -9,11 +9,13 @@ from typing import Any, TypeVar
 from tiling.errors import OptionError
 from tiling.masking import TISSUE_CHANNELS
 from tiling.windows import BLEND_KINDS
-from tiling.writers import FORMATS, OUTPUT_KINDS, PROBS_DTYPES
+from tiling.writers import FORMATS, PROBS_DTYPES
+from tiling.writers.encode import parse_output_kind
 
 #: Kept free of torch (the CLI checks options before it loads the model); ``devices.PRECISIONS`` maps them to dtypes.
 PRECISION_NAMES = ("fp32", "bf16", "fp16")
 TTA_MODES = ("none", "flips")
+VECTOR_STYLES = ("plain", "qupath")
 
 _Options = TypeVar("_Options", bound="UpdatableOptions")
 
@@ -79,6 +81,10 @@ class PredictOptions(UpdatableOptions):
     preview: str | None = None
     preview_size: int = 1024
     vector: str | None = None
+    #: Polygons as plain GIS features, or as QuPath detections (level-0 pixel coordinates, measurements).
+    vector_style: str = "plain"
+    #: The object table (one row per object: class, area, centroid, bounding box, mean probability).
+    objects: str | None = None
     min_area: float = 0.0
     vector_classes: tuple[int, ...] | None = None
 
@@ -89,7 +95,7 @@ class PredictOptions(UpdatableOptions):
         _positive_int(self.workers, "workers")
         _choice(self.blend, BLEND_KINDS, "blend")
         _choice(self.tta, TTA_MODES, "tta")
-        _choice(self.output_kind, OUTPUT_KINDS, "output_kind")
+        parse_output_kind(self.output_kind)
         _choice(self.probs_dtype, PROBS_DTYPES, "probs_dtype")
         _choice(self.precision, PRECISION_NAMES, "precision")
         if self.format is not None:
@@ -115,7 +121,7 @@ class PredictOptions(UpdatableOptions):
         if self.level is not None and self.mpp is not None:
             raise OptionError("give either level or mpp, not both")
         _fraction(self.mpp_tolerance, "mpp_tolerance", upper_open=True)
-        for name in ("mask", "preview", "vector"):
+        for name in ("mask", "preview", "vector", "objects"):
             if isinstance(getattr(self, name), os.PathLike):
                 object.__setattr__(self, name, os.fspath(getattr(self, name)))
         if self.mask is not None and not isinstance(self.mask, str):
@@ -135,8 +141,15 @@ class PredictOptions(UpdatableOptions):
             if isinstance(classes, (str, int)) or not all(isinstance(c, int) and 0 <= c < 255 for c in classes):
                 raise OptionError(f"vector_classes must be a list of class numbers, got {classes!r}")
             object.__setattr__(self, "vector_classes", tuple(classes))
-        if self.vector and self.output_kind == "probs":
-            raise OptionError("vector polygons are made from the label map: use output_kind labels or both")
+        layers = parse_output_kind(self.output_kind)
+        if self.vector and not {"labels", "instances"} & set(layers):
+            raise OptionError(
+                "polygons are made from the label or instance map: add labels or instances to --output-kind"
+            )
+        _choice(self.vector_style, VECTOR_STYLES, "vector_style")
+        _suffix(self.objects, "objects", (".csv", ".parquet"))
+        if self.objects and "instances" not in layers:
+            raise OptionError("the object table is made from the instances: add instances to --output-kind")
 
 
 def _positive_int(value: Any, name: str) -> None:

@@ -32,6 +32,7 @@ from dask.highlevelgraph import HighLevelGraph
 from tiling.errors import InputError, OptionError
 from tiling.gdal_env import gdal_block_cache
 from tiling.grid import resolve_overlap
+from tiling.instances.passes import Objects
 from tiling.writers import Writing
 
 from .budget import HeapGuard, keep_freed_memory, parse_size, release_free_memory
@@ -40,6 +41,7 @@ from .checkpoint import Checkpoint
 from .cluster import SchedulerChoice, connect, run_graph, total_threads
 from .devices import cpu_threads, resolve_device
 from .graph import GraphKeys, RunStats, build_graph
+from .objects import TaskRunner, find_objects
 from .options import PredictOptions
 from .products import write_products
 from .run_plan import ModelSource, RunPlan, plan_run
@@ -68,6 +70,8 @@ class PredictReport:
     mask: str | None = None
     pixel_size_um: tuple[float, float] | None = None
     polygons: int | None = None
+    #: Objects found, per class name (when the run writes instances).
+    objects: dict[str, int] | None = None
 
     @property
     def skipped_fraction(self) -> float:
@@ -84,6 +88,7 @@ class _Execution:
     stats: RunStats
     workers: int
     extra: dict[str, Any]
+    objects: Objects | None = None
 
 
 def predict(
@@ -115,7 +120,7 @@ def predict(
         ):
             run = _execute(plan, writing, choice, opts)
             release_free_memory()  # what the chunks freed, before the assembly allocates its own
-        products = write_products(opts, plan.reader, plan.mask, plan.output.format, plan.card.class_names)
+        products = write_products(opts, plan, run.objects)
     return PredictReport(
         outputs=[*plan.output.paths, *products.paths],
         format=plan.output.format.name,
@@ -135,8 +140,18 @@ def predict(
         mask=plan.mask.source if plan.mask else None,
         pixel_size_um=plan.reader.info.pixel_size_um,
         polygons=products.polygons,
+        objects=_counts(run.objects, plan.card.class_names),
         extra=run.extra,
     )
+
+
+def _counts(objects: Objects | None, class_names: tuple[str, ...]) -> dict[str, int] | None:
+    if objects is None:
+        return None
+    values, counts = np.unique(objects.classes, return_counts=True)
+    return {
+        class_names[v] if v < len(class_names) else f"class {v}": int(n) for v, n in zip(values, counts, strict=True)
+    }
 
 
 def _execute(plan: RunPlan, writing: Writing, choice: SchedulerChoice, opts: PredictOptions) -> _Execution:
@@ -155,6 +170,7 @@ def _execute(plan: RunPlan, writing: Writing, choice: SchedulerChoice, opts: Pre
             gpu = job.model.device.startswith("cuda")
             report = Path(opts.report) if opts.report else None
             stats = run_graph(client, dsk, model_keys, keys.done, gpu, opts.progress, report)
+            objects = _objects(plan, writing, TaskRunner(client=client), stats, done)
     else:
         workers, extra = plan.resources.workers, {}
         heap = HeapGuard(ceiling=plan.resources.estimated_peak)
@@ -163,11 +179,22 @@ def _execute(plan: RunPlan, writing: Writing, choice: SchedulerChoice, opts: Pre
         threads = cpu_threads(workers) if job.model.device == "cpu" else contextlib.nullcontext()
         with threads:
             stats = _run(dsk, keys.done, workers, opts.progress)
+        objects = _objects(plan, writing, TaskRunner(workers), stats, done)
+    return _Execution(stats, workers, extra, objects)
+
+
+def _objects(
+    plan: RunPlan, writing: Writing, tasks: TaskRunner, stats: RunStats, done: frozenset[tuple[int, int]]
+) -> Objects | None:
+    """Check that the run found valid pixels; find its objects when it writes instances."""
     if stats.tiles.run == 0 and not done:
         writing.discard()  # every chunk is nodata: nothing worth resuming
         where = f"inside the {plan.mask.source} mask" if plan.mask else "(all nodata, masked or NaN)"
         raise InputError(f"{plan.reader.info.path} has no valid pixels {where}")
-    return _Execution(stats, workers, extra)
+    assert plan.output is not None
+    if plan.output.content.instances is None:
+        return None
+    return find_objects(writing.store, plan.chunks, tasks)
 
 
 def _run(dsk: dict[Any, Any], key: Any, workers: int, progress: bool) -> RunStats:

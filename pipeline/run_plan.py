@@ -167,7 +167,9 @@ def plan_run(
         run_output = None
         if fmt is not None and work is not None:
             layers = output_layers(fmt.spec, card.class_names, card.model.classes)
-            run_output = RunOutput(fmt, OutputContent(reader.info, layers, card.class_names), work)
+            instances = card.instance_spec if fmt.spec.writes_instances else None
+            content = OutputContent(reader.info, layers, card.class_names, instances, fmt.spec.threshold)
+            run_output = RunOutput(fmt, content, work)
     except BaseException:
         reader.close()
         raise

@@ -62,7 +62,7 @@ def test_undecodable_tiles_name_the_compression_and_the_codec(files, capsys, tmp
         (["--min-valid", "1.5"], ["min_valid must be a fraction"]),
         (["--vector", "out.shp"], ["vector must be a file name ending in .gpkg or .geojson"]),
         (["--preview", "out.jpg"], ["preview must be a file name ending in .png"]),
-        (["--vector", "out.gpkg", "--output-kind", "probs"], ["made from the label map"]),
+        (["--vector", "out.gpkg", "--output-kind", "probs"], ["made from the label or instance map"]),
         (["--tissue-channel", "hue"], ["unknown tissue_channel 'hue'"]),
     ],
 )

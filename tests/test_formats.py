@@ -179,5 +179,5 @@ def test_labels_written_into_a_source_ome_zarr_image(tmp_path: Path) -> None:
     levels = [np.asarray(d) for d in label.data]
     np.testing.assert_array_equal(levels[1], levels[0][::2, ::2])
     assert zarr.open_group(str(source / "labels"), mode="r").attrs["ome"]["labels"] == ["tilewise"]
-    with pytest.raises(OptionError, match="label map only"):
+    with pytest.raises(OptionError, match="holds one map"):
         predict(source, source / "labels" / "both", model, output_kind="both")

@@ -31,6 +31,9 @@ class RasterInfo:
     transform: tuple[float, float, float, float, float, float] | None = None
     nodata: float | None = None
     pixel_size_um: tuple[float, float] | None = None
+    #: Full-resolution (level-0) pixels per pixel of this grid along (rows, cols): a slide read at a reduced
+    #: level or resampled; (1, 1) for a raster read as it is.
+    level0_scale: tuple[float, float] = (1.0, 1.0)
 
     @property
     def crs_name(self) -> str | None:

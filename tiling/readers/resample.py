@@ -100,6 +100,7 @@ class ResampledReader:
             width=resampled_length(info.width, fx),
             transform=transform,
             pixel_size_um=pixel,
+            level0_scale=(info.level0_scale[0] * fy, info.level0_scale[1] * fx),
         )
 
     @property

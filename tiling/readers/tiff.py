@@ -67,6 +67,7 @@ class TiffReader:
                 band_names=(None,) * count,
                 nodata=float(nodata_tag.value.strip("\x00")) if nodata_tag else None,
                 pixel_size_um=self.levels[level].pixel_size_um,
+                level0_scale=self.levels[level].downsample,
             )
         finally:
             tif.close()

@@ -13,21 +13,45 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import OptionError
+from ..instances.spec import InstanceSpec
 from ..readers.base import RasterInfo
 from .atomic import check_destination
 from .disk import DiskNeed
-from .encode import OutputSpec
-from .layers import Layer
+from .encode import NODATA_UINT8, OutputSpec
+from .layers import Layer, labels_layer
 from .workstore import WorkStore
 
 
 @dataclass(frozen=True)
 class OutputContent:
-    """What a run writes: the raster it covers, its layers (labels first) and the model's class names."""
+    """What a run writes: the raster it covers, its output layers and the model's class names; with
+    ``instances``, the rule that finds objects in the label map (thresholded at ``threshold``)."""
 
     info: RasterInfo
     layers: tuple[Layer, ...]
     class_names: tuple[str, ...]
+    instances: InstanceSpec | None = None
+    threshold: float = 0.5
+
+    @property
+    def work_layers(self) -> tuple[Layer, ...]:
+        """Layers the work store holds only to make the outputs: for objects, the label map (when it is no
+        output), each pixel's confidence, the chunks' seeds and each pixel's object key."""
+        if self.instances is None:
+            return ()
+        labels = () if any(layer.is_labels for layer in self.layers) else (labels_layer(self.threshold),)
+        return (
+            *labels,
+            Layer("confidence", 1, "uint8", float(NODATA_UINT8), ("confidence",)),
+            Layer("seeds", 1, "uint32", 0.0, ("seed",)),
+            Layer("object_keys", 1, "int64", 0.0, ("object",)),
+        )
+
+    @property
+    def later_passes(self) -> tuple[str, ...]:
+        """Passes over the chunks after they are written, each flagged per chunk: objects grown and measured,
+        then numbered."""
+        return ("objects", "ids") if self.instances is not None else ()
 
     def attributes(self) -> dict[str, Any]:
         """What a Zarr output says of itself in its attributes."""
@@ -61,9 +85,10 @@ class OutputFormat(ABC):
         """Every path the run writes, the label map's first."""
         return [self.path]
 
-    def label_raster(self) -> Path | None:
-        """The label map, once written, as a raster tilewise reads (None when only probabilities are written)."""
-        return self.paths()[0] if self.spec.writes_labels else None
+    def layer_raster(self, name: str) -> Path | None:
+        """The layer ``name`` ("labels", "instances"), once written, as a raster tilewise reads (None when the run
+        does not write it)."""
+        return self.path / name if name in self.spec.layers else None
 
     def array_paths(self, layers: tuple[Layer, ...]) -> dict[str, str]:
         """Where each layer's level 0 sits in the work store."""

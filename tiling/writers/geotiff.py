@@ -102,7 +102,7 @@ def copy_to_cog(source: Path, dest: Path, layer: Layer) -> None:
             compress="deflate",
             predictor="YES",
             blocksize=COG_BLOCK,
-            overview_resampling="nearest" if layer.is_labels else "average",
+            overview_resampling="nearest" if layer.is_map else "average",
             BIGTIFF="IF_SAFER",
             num_threads="ALL_CPUS",
         )

@@ -110,14 +110,14 @@ class NgffLabelsFormat(ZarrStoreFormat):
         return labels_target(path) is not None
 
     def array_paths(self, layers: tuple[Layer, ...]) -> dict[str, str]:
-        return {"labels": self.source.paths[0]}
+        return {layers[0].name: self.source.paths[0]}
 
-    def label_raster(self) -> Path | None:
-        return self.path
+    def layer_raster(self, name: str) -> Path | None:
+        return self.path if name in self.spec.layers else None
 
     def check_destination(self, overwrite: bool) -> None:
-        if self.spec.kind != "labels":
-            raise OptionError("an NGFF label image holds the label map only: use --output-kind labels")
+        if self.spec.layers not in (("labels",), ("instances",)):
+            raise OptionError("an NGFF label image holds one map: use --output-kind labels or --output-kind instances")
         ensure_labels_group(self.source.group)
         super().check_destination(overwrite)
 

@@ -25,15 +25,16 @@ from .zarr_store import ZarrStoreFormat
 NGFF_VERSION = "0.5"
 
 
+#: The NGFF label image each map is written as, when it is not the image itself.
+LABEL_IMAGES = {"labels": "classes", "instances": "instances"}
+
+
 def array_paths(layers: tuple[Layer, ...]) -> dict[str, str]:
-    """Where each layer's level 0 lives in the store (its level k is the sibling named k)."""
-    names = {layer.name for layer in layers}
-    if names == {"labels"}:
-        return {"labels": "0"}
-    paths = {"probs": "0"}
-    if "labels" in names:
-        paths["labels"] = "labels/classes/0"
-    return paths
+    """Where each layer's level 0 lives in the store (its level k is the sibling named k): the probabilities are
+    the image when written, else the first map; the other maps are its NGFF label images."""
+    names = [layer.name for layer in layers]
+    image = "probs" if "probs" in names else names[0]
+    return {name: "0" if name == image else f"labels/{LABEL_IMAGES[name]}/0" for name in names}
 
 
 def _pixel_scale(info: RasterInfo) -> tuple[tuple[float, float], str | None]:
@@ -53,7 +54,7 @@ def multiscales(layer: Layer, info: RasterInfo, levels: int, name: str) -> list[
         space["unit"] = unit
     axes = [{"name": "y", **space}, {"name": "x", **space}]
     lead: list[float] = []
-    if not layer.is_labels:
+    if not layer.is_map:
         axes.insert(0, {"name": "c", "type": "channel"})
         lead = [1.0]
     datasets = [
@@ -68,7 +69,7 @@ def multiscales(layer: Layer, info: RasterInfo, levels: int, name: str) -> list[
 
 def image_metadata(layer: Layer, info: RasterInfo, levels: int) -> dict[str, Any]:
     ome: dict[str, Any] = {"version": NGFF_VERSION, "multiscales": multiscales(layer, info, levels, layer.name)}
-    if not layer.is_labels:
+    if not layer.is_map:
         top = 1.0 if layer.dtype == "float32" else 254.0
         ome["omero"] = {
             "channels": [
@@ -85,14 +86,23 @@ def image_metadata(layer: Layer, info: RasterInfo, levels: int) -> dict[str, Any
 
 
 def label_metadata(layer: Layer, info: RasterInfo, levels: int, class_names: tuple[str, ...]) -> dict[str, Any]:
-    colors = [{"label-value": i, "rgba": [*PALETTE[i % len(PALETTE)], 255]} for i in range(len(class_names))]
-    properties = [{"label-value": i, "class": name} for i, name in enumerate(class_names)]
-    properties.append({"label-value": int(layer.nodata), "class": "nodata"})
+    """NGFF metadata of a label image: the class map with its colours and class names, or the instance map
+    (one value per object; no colours, so viewers pick their own)."""
+    image_label: dict[str, Any] = {"source": {"image": "../../"}}
+    if layer.is_labels:
+        image_label["colors"] = [
+            {"label-value": i, "rgba": [*PALETTE[i % len(PALETTE)], 255]} for i in range(len(class_names))
+        ]
+        properties = [{"label-value": i, "class": name} for i, name in enumerate(class_names)]
+    else:
+        properties = [{"label-value": 0, "class": "background"}]
+    image_label["properties"] = [*properties, {"label-value": int(layer.nodata), "class": "nodata"}]
+    name = LABEL_IMAGES[layer.name]
     return {
         "ome": {
             "version": NGFF_VERSION,
-            "multiscales": multiscales(layer, info, levels, "classes"),
-            "image-label": {"colors": colors, "properties": properties, "source": {"image": "../../"}},
+            "multiscales": multiscales(layer, info, levels, name),
+            "image-label": image_label,
         }
     }
 
@@ -108,10 +118,11 @@ class OmeZarrFormat(ZarrStoreFormat):
     def array_paths(self, layers: tuple[Layer, ...]) -> dict[str, str]:
         return array_paths(layers)
 
-    def label_raster(self) -> Path | None:
-        if not self.spec.writes_labels:
+    def layer_raster(self, name: str) -> Path | None:
+        if name not in self.spec.layers:
             return None
-        return self.path / ("labels/classes/0" if self.spec.writes_probs else "0")
+        image = "probs" if self.spec.writes_probs else self.spec.layers[0]
+        return self.path / ("0" if name == image else f"labels/{LABEL_IMAGES[name]}/0")
 
     def complete(self, store: WorkStore, content: OutputContent) -> None:
         root = store.group
@@ -122,9 +133,10 @@ class OmeZarrFormat(ZarrStoreFormat):
             previous = parent["0"]
             for k, shape in enumerate(shapes[1:], start=1):
                 previous = add_level(parent, str(k), previous, shape, layer)
-            if parent_path:  # the label image under labels/
+            if parent_path:  # a label image under labels/
                 parent.attrs.update(label_metadata(layer, content.info, len(shapes), content.class_names))
-                root["labels"].attrs.update({"ome": {"version": NGFF_VERSION, "labels": ["classes"]}})
+                images = [path.split("/")[1] for path in self.array_paths(content.layers).values() if "/" in path]
+                root["labels"].attrs.update({"ome": {"version": NGFF_VERSION, "labels": images}})
             else:
                 root.attrs.update(image_metadata(layer, content.info, len(shapes)))
 

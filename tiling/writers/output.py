@@ -104,7 +104,7 @@ class RunOutput:
     ) -> WorkStore:
         paths = self.format.array_paths(self.content.layers)
         if resuming:
-            return WorkStore.reopen(self.work, self.content.layers, record, paths)
+            return WorkStore.reopen(self.work, self.content, record, paths)
         self.work.remove()
         return WorkStore.create(self.work, self.content, chunk, chunk_grid, record, self.content.attributes(), paths)
 

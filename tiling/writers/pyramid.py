@@ -103,5 +103,5 @@ def add_level(group: zarr.Group, name: str, source: zarr.Array, shape: tuple[int
         dimension_names=source.metadata.dimension_names,
         overwrite=True,
     )
-    build_level(source, target, labels=layer.is_labels, nodata=layer.nodata)
+    build_level(source, target, labels=layer.is_map, nodata=layer.nodata)
     return target

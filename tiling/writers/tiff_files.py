@@ -36,11 +36,14 @@ class TiffFormat(OutputFormat):
     levels_in_store = False
 
     def paths(self) -> list[Path]:
-        if self.spec.kind != "both":
-            return [self.path]
+        """The first layer (labels, else instances, else probabilities) at the path, the others beside it."""
         suffix = _suffix(self.path, (".ome.tif", ".ome.tiff", ".tif", ".tiff"))
         stem = self.path.name[: -len(suffix)] if suffix else self.path.name
-        return [self.path, self.path.with_name(f"{stem}_probs{suffix}")]
+        return [self.path, *(self.path.with_name(f"{stem}_{name}{suffix}") for name in self.spec.layers[1:])]
+
+    def layer_raster(self, name: str) -> Path | None:
+        layers = self.spec.layers
+        return self.paths()[layers.index(name)] if name in layers else None
 
     def assembling(self, path: Path) -> Path:
         """Where the file for ``path`` is assembled until every file of the run is done."""

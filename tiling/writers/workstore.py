@@ -23,15 +23,21 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from ..errors import OptionError, OutputError, write_failure
+from ..instances.first_pass import first_pass
 from ..plan import Span
 from .disk import MIN_CHUNK_FILE, OVERHEAD, DiskNeed
+from .encode import to_confidence
 from .layers import Layer
 from .location import StoreLocation
 
 if TYPE_CHECKING:
+    from ..instances.spec import InstanceSpec
     from .formats import OutputContent
 
 RUN_KEY = "tilewise_run"
+#: The group of what a run keeps only while it runs: the layers its outputs are made from, per-chunk tables and
+#: the flags of its later passes (dropped when a Zarr output is sealed).
+WORK = "_work"
 #: A sealed store's digest of its run record (``run_digest``).
 SEALED_KEY = "tilewise_run_sha256"
 DONE = "done"
@@ -49,9 +55,12 @@ class WorkStore:
 
     def __init__(self, location: StoreLocation, layers: tuple[Layer, ...], paths: dict[str, str]) -> None:
         self.location = location
+        #: Every layer the store holds: the outputs', then those the outputs are made from.
         self.layers = layers
         #: Where each layer's level-0 array sits in the group (format-specific: OME-Zarr wants NGFF paths).
         self.paths = paths
+        #: How objects are found in the label map, when the run writes instances (see ``tiling.instances``).
+        self.instances: InstanceSpec | None = None
         self._group: zarr.Group | None = None
         #: Arrays by path, opened once per process (opening one reads its metadata from the store).
         self._arrays: dict[str, zarr.Array] = {}
@@ -63,7 +72,7 @@ class WorkStore:
         return self._group
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"location": self.location, "layers": self.layers, "paths": self.paths, "_group": None, "_arrays": {}}
+        return {**self.__dict__, "_group": None, "_arrays": {}}
 
     @classmethod
     def create(
@@ -78,18 +87,19 @@ class WorkStore:
     ) -> WorkStore:
         """A new, empty store at ``location`` (anything already there is replaced)."""
         info = content.info
+        paths = {**paths, **{layer.name: f"{WORK}/{layer.name}" for layer in content.work_layers}}
         try:
             group = location.open_group(mode="w", zarr_format=3, attributes={**attributes, RUN_KEY: run})
-            for layer in content.layers:
+            for layer in (*content.layers, *content.work_layers):
                 parent, _, name = paths[layer.name].rpartition("/")
                 (group.require_group(parent) if parent else group).create_array(
                     name,
                     shape=layer.shape(info.height, info.width),
-                    chunks=chunk if layer.is_labels else (layer.count, *chunk),
+                    chunks=chunk if layer.is_map else (layer.count, *chunk),
                     dtype=layer.dtype,
                     fill_value=layer.nodata,
                     compressors=COMPRESSORS,
-                    dimension_names=("y", "x") if layer.is_labels else ("band", "y", "x"),
+                    dimension_names=("y", "x") if layer.is_map else ("band", "y", "x"),
                     attributes={
                         "nodata": None if np.isnan(layer.nodata) else layer.nodata,
                         "band_names": list(layer.band_names),
@@ -99,42 +109,83 @@ class WorkStore:
                     },
                 )
             group.create_array(DONE, shape=chunk_grid, chunks=(1, 1), dtype="uint8", fill_value=0)
+            work = group.require_group(WORK)
+            for stage in content.later_passes:
+                work.create_array(f"{DONE}_{stage}", shape=chunk_grid, chunks=(1, 1), dtype="uint8", fill_value=0)
+                work.require_group(stage)
         except OSError as exc:
             raise write_failure(location.url, exc) from None
-        store = cls(location, content.layers, paths)
+        store = cls(location, (*content.layers, *content.work_layers), paths)
+        store.instances = content.instances
         store._group = group
         return store
 
     @classmethod
     def reopen(
-        cls, location: StoreLocation, layers: tuple[Layer, ...], run: dict[str, Any], paths: dict[str, str]
+        cls, location: StoreLocation, content: OutputContent, run: dict[str, Any], paths: dict[str, str]
     ) -> WorkStore:
         """The store of an interrupted run, if it was the same run; otherwise an error naming what changed."""
         recorded = recorded_run(location)
         if SEALED_KEY in recorded:  # finished and sealed; only its move into place failed
             if recorded[SEALED_KEY] != run_digest(run):
                 raise OptionError(f"cannot resume: {location} holds the finished output of a different run")
-            return cls(location, layers, paths)
-        changed = sorted(k for k in set(recorded) | set(run) if recorded.get(k) != run.get(k))
-        if changed:
-            details = "; ".join(f"{k}: was {recorded.get(k)!r}, now {run.get(k)!r}" for k in changed[:4])
-            raise OptionError(f"cannot resume: the input or settings changed since the interrupted run ({details})")
-        return cls(location, layers, paths)
+        else:
+            changed = sorted(k for k in set(recorded) | set(run) if recorded.get(k) != run.get(k))
+            if changed:
+                details = "; ".join(f"{k}: was {recorded.get(k)!r}, now {run.get(k)!r}" for k in changed[:4])
+                raise OptionError(f"cannot resume: the input or settings changed since the interrupted run ({details})")
+        paths = {**paths, **{layer.name: f"{WORK}/{layer.name}" for layer in content.work_layers}}
+        store = cls(location, (*content.layers, *content.work_layers), paths)
+        store.instances = content.instances
+        return store
 
     def write(self, index: tuple[int, int], rows: Span, cols: Span, probs: np.ndarray) -> None:
-        """Store one finished chunk's layers, then flag the chunk done."""
-        ys, xs = slice(rows.start, rows.stop), slice(cols.start, cols.stop)
+        """Store one finished chunk's layers (and, when the run finds objects, the chunk's seeds), then flag the
+        chunk done."""
         try:
+            encoded = {}
             for layer in self.layers:
-                data = layer.encode(probs)
-                array = self.array(layer.name)
-                if array.ndim == 2:
-                    array[ys, xs] = data[0]
-                else:
-                    array[:, ys, xs] = data
+                if layer.from_probs:
+                    encoded[layer.name] = layer.encode(probs)
+                    self.put(layer.name, rows, cols, encoded[layer.name])
+            if self.instances is not None:
+                labels = encoded["labels"][0]
+                threshold = next(layer.threshold for layer in self.layers if layer.is_labels)
+                first_pass(self, index, rows, cols, labels, to_confidence(probs, threshold))
             self._array(DONE)[index] = 1
         except OSError as exc:
             raise write_failure(self.location.url, exc) from None
+
+    def put(self, layer: str, rows: Span, cols: Span, data: np.ndarray) -> None:
+        """Write ``data`` ((count, rows, cols), or (rows, cols) for a map) into ``layer`` at ``rows`` × ``cols``."""
+        array = self.array(layer)
+        ys, xs = slice(rows.start, rows.stop), slice(cols.start, cols.stop)
+        if array.ndim == 2:
+            array[ys, xs] = data[0] if data.ndim == 3 else data
+        else:
+            array[:, ys, xs] = data
+
+    def get(self, layer: str, rows: Span, cols: Span) -> np.ndarray:
+        """``layer`` under ``rows`` × ``cols``."""
+        return np.asarray(self.array(layer)[..., rows.start : rows.stop, cols.start : cols.stop])
+
+    def put_table(self, name: str, index: tuple[int, int], columns: dict[str, np.ndarray]) -> None:
+        """Keep a chunk's table (columns of equal length) under ``name``; rewriting it replaces it."""
+        group = self.group.require_group(f"{WORK}/{name}/{index[0]}_{index[1]}")
+        for column, values in columns.items():
+            group.create_array(column, data=np.asarray(values), overwrite=True)
+
+    def get_table(self, name: str, index: tuple[int, int]) -> dict[str, np.ndarray]:
+        group = self.group[f"{WORK}/{name}/{index[0]}_{index[1]}"]
+        return {column: np.asarray(array[:]) for column, array in group.arrays()}
+
+    def flag(self, stage: str, index: tuple[int, int]) -> None:
+        """Flag a chunk done with a later pass ``stage`` (after its data and table are written)."""
+        self._array(f"{WORK}/{DONE}_{stage}")[index] = 1
+
+    def flagged(self, stage: str) -> set[tuple[int, int]]:
+        flags = self._array(f"{WORK}/{DONE}_{stage}")[:]
+        return {(int(i), int(j)) for i, j in np.argwhere(flags == 1)}
 
     @property
     def sealed(self) -> bool:
@@ -161,15 +212,17 @@ class WorkStore:
         return array
 
     def seal(self, attributes: dict[str, Any]) -> None:
-        """Turn the store into a finished Zarr output: drop the done flags and run record, set ``attributes``."""
+        """Turn the store into a finished Zarr output: drop the done flags, what only the run needed and the run
+        record, set ``attributes``."""
         group = self.group
         attrs = {**dict(group.attrs), **attributes}
         if RUN_KEY in attrs:
             attrs[SEALED_KEY] = run_digest(attrs.pop(RUN_KEY))
         try:
             group.attrs.put(attrs)
-            if DONE in group:
-                del group[DONE]
+            for name in (DONE, WORK):
+                if name in group:
+                    del group[name]
         except OSError as exc:
             raise write_failure(self.location.url, exc) from None
         self._arrays.pop(DONE, None)
@@ -196,8 +249,9 @@ def store_disk_need(content: OutputContent, chunk: int, folder: Path, with_level
     ``with_levels``) and at least (one chunk file's headers per chunk)."""
     info = content.info
     rows, cols = -(-info.height // chunk), -(-info.width // chunk)
-    upper = sum(layer.nbytes(rows * chunk, cols * chunk) for layer in content.layers)
-    files = rows * cols * (len(content.layers) + 1)  # + the done flags
+    layers = (*content.layers, *content.work_layers)
+    upper = sum(layer.nbytes(rows * chunk, cols * chunk) for layer in layers)
+    files = rows * cols * (len(layers) + 1 + len(content.later_passes))  # + the done flags
     if with_levels:
         upper, files = upper * 4 // 3, files * 4 // 3
     return DiskNeed(folder, upper + OVERHEAD, files * MIN_CHUNK_FILE, "the work store")

@@ -94,6 +94,3 @@ class ZarrFormat(ZarrStoreFormat):
 
     name = "zarr"
     suffixes = (".zarr",)
-
-    def label_raster(self) -> Path | None:
-        return self.path / "labels" if self.spec.writes_labels else None
