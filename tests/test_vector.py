@@ -17,7 +17,7 @@ from pipeline import predict
 from tiling import Span, open_raster
 from tiling.readers import TiffReader
 from tiling.writers.geotiff import PALETTE
-from tiling.writers.polygons import polygonise, write_polygons
+from tiling.writers.polygons import CLASS_REGION_SCHEMA, PolygonFrame, class_regions, polygonise, write_polygons
 from tiling.writers.preview import write_preview
 
 from .conftest import make_checkpoint, random_image, shared_file, write_geotiff
@@ -42,6 +42,14 @@ def landsat_labels(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     return source, path
 
 
+def _write(labels: Path, dest: Path, names: tuple[str, ...], min_area: float = 0.0, **options: object) -> int:
+    """``write_polygons`` of class regions, in the label raster's own coordinates."""
+    reader = open_raster(labels, bands=[1])
+    frame = PolygonFrame.of(reader.info)
+    reader.close()
+    return write_polygons(labels, dest, frame, CLASS_REGION_SCHEMA, class_regions(names, min_area), **options)
+
+
 def _read(path: Path) -> tuple[dict, np.ndarray, np.ndarray]:
     import pyogrio.raw  # its own GDAL beside rasterio's: loaded only by the tests that read polygons
 
@@ -52,7 +60,7 @@ def _read(path: Path) -> tuple[dict, np.ndarray, np.ndarray]:
 def test_polygons_rasterise_back_to_the_labels_in_the_input_crs(landsat_labels, tmp_path: Path) -> None:
     source, labels_path = landsat_labels
     dest = tmp_path / "polygons.gpkg"
-    count = write_polygons(labels_path, dest, ("background", "a", "b"), window=128)
+    count = _write(labels_path, dest, ("background", "a", "b"), window=128)
     meta, polygons, classes = _read(dest)
     assert count == len(polygons) > 0
     with rasterio.open(source) as src, rasterio.open(labels_path) as lab:
@@ -84,8 +92,8 @@ def test_no_polygon_is_split_along_a_window_border(landsat_labels) -> None:
 
 def test_min_area_and_geojson(landsat_labels, tmp_path: Path) -> None:
     _, labels_path = landsat_labels
-    everything = write_polygons(labels_path, tmp_path / "all.geojson", ("bg", "a", "b"), classes=[0, 1, 2])
-    large = write_polygons(labels_path, tmp_path / "large.geojson", ("bg", "a", "b"), min_area=300.0**2 * 50)
+    everything = _write(labels_path, tmp_path / "all.geojson", ("bg", "a", "b"), values=[0, 1, 2])
+    large = _write(labels_path, tmp_path / "large.geojson", ("bg", "a", "b"), min_area=300.0**2 * 50)
     _, polygons, _ = _read(tmp_path / "large.geojson")
     assert 0 < large < everything
     assert shapely.area(polygons).min() >= 300.0**2 * 50

@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import InputError
 from ..plan import Span
 
-SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32")
 
 
 @dataclass(frozen=True)
