@@ -69,6 +69,7 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level", type=int, help="slide pyramid level to read (0 = full resolution)")
     p.add_argument("--mpp", type=float, help="read a slide at this many µm per pixel (closest finer level, resampled)")
     p.add_argument("--mpp-tolerance", type=float, help="a level within this fraction of --mpp is read as is (0.05)")
+    p.add_argument("--input-mpp", type=float, help="the input's pixel size in µm, for one that states none (PNG)")
     p.add_argument("--mask", help="valid-area mask: tissue, nodata, none, or a mask raster (non-zero = compute)")
     p.add_argument("--mask-scale", type=int, help="mask grid cell in pixels (default: planned, ≤ 2048 cells a side)")
     p.add_argument("--tissue-channel", help="tissue detection on saturation (default) or grey")

@@ -71,6 +71,8 @@ class PredictOptions(UpdatableOptions):
     level: int | None = None
     mpp: float | None = None
     mpp_tolerance: float = 0.05
+    #: The input's pixel size (µm), for an input that states none (PNG, plain TIFF).
+    input_mpp: float | None = None
     # Valid-area mask: "tissue", "nodata", a mask raster's path, or None/"none"; tiles below min_valid are skipped.
     mask: str | None = None
     mask_scale: int | None = None
@@ -118,6 +120,7 @@ class PredictOptions(UpdatableOptions):
         ):
             raise OptionError(f"level must be a pyramid level number (0 = full resolution), got {self.level!r}")
         _positive_number(self.mpp, "mpp", "µm per pixel")
+        _positive_number(self.input_mpp, "input_mpp", "µm per pixel")
         if self.level is not None and self.mpp is not None:
             raise OptionError("give either level or mpp, not both")
         _fraction(self.mpp_tolerance, "mpp_tolerance", upper_open=True)

@@ -146,7 +146,15 @@ def plan_run(
         if opts.resume and chunk is None:
             chunk = _recorded_chunk(work)
 
-    reader = open_raster(input, opts.bands or card.bands, opts.level, opts.mpp, opts.mpp_tolerance)
+    reader = open_raster(
+        input,
+        opts.bands or card.bands,
+        opts.level,
+        opts.mpp,
+        opts.mpp_tolerance,
+        input_mpp=opts.input_mpp,
+        model_mpp=card.pixel_size_um,
+    )
     try:
         bands = len(reader.bands)
         if bands != card.model.in_channels:
@@ -179,7 +187,7 @@ def plan_run(
 
 def _default_card(input: str | os.PathLike[str], opts: PredictOptions) -> ModelCard:
     """The card of a default U-Net over the bands ``opts`` selects from ``input``, for planning only."""
-    reader = open_raster(input, opts.bands, opts.level, opts.mpp, opts.mpp_tolerance)
+    reader = open_raster(input, opts.bands, opts.level, opts.mpp, opts.mpp_tolerance, input_mpp=opts.input_mpp)
     bands = len(reader.bands)
     reader.close()
     identity = Normalization((0.0,) * bands, (1.0,) * bands)

@@ -12,6 +12,7 @@ import zarr
 
 from pipeline import load_checkpoint, predict
 from tiling import OptionError, Span, open_raster
+from tiling.errors import TilewiseWarning
 from tiling.readers import ResampledReader, TiffReader
 from tiling.readers.resample import area_weights
 
@@ -125,10 +126,39 @@ def test_resolution_tags_give_the_pixel_size(tmp_path: Path) -> None:
     assert open_raster(path).info.pixel_size_um == pytest.approx((0.5, 0.5))
 
 
+def test_finer_than_the_finest_level_upsamples_the_same_in_any_window(pyramid) -> None:
+    path, image = pyramid
+    with pytest.warns(TilewiseWarning, match=r"finer than its finest level .*upsampled 2\.5x"):
+        reader = open_raster(path, mpp=0.1)
+    assert (reader.info.height, reader.info.width) == (round(image.shape[1] * 2.5), round(image.shape[2] * 2.5))
+    assert reader.info.pixel_size_um == pytest.approx((0.1, 0.1))
+    whole, _ = reader.read(Span(0, 200), Span(0, 240))
+    part, _ = reader.read(Span(37, 151), Span(55, 203))
+    np.testing.assert_array_equal(part, whole[:, 37:151, 55:203])
+    # Bilinear: every upsampled pixel lies between the source pixels around it.
+    assert whole.min() >= image.min() and whole.max() <= image.max()
+
+
+def test_the_model_pixel_size_chooses_the_read_unless_told_otherwise(pyramid) -> None:
+    path, _ = pyramid
+    assert open_raster(path, model_mpp=0.5).info.pixel_size_um == pytest.approx((0.5, 0.5))
+    assert open_raster(path, model_mpp=0.5, level=0).info.pixel_size_um == pytest.approx((0.25, 0.25))
+    assert open_raster(path, model_mpp=0.5, mpp=1.0).info.pixel_size_um == pytest.approx((1.0, 1.0))
+
+
+def test_input_mpp_declares_a_pixel_size(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(plain)
+    assert open_raster(plain).info.pixel_size_um is None
+    reader = open_raster(plain, input_mpp=0.25, model_mpp=0.5)
+    assert (reader.info.height, reader.info.width) == (20, 30)
+    assert reader.info.pixel_size_um == pytest.approx((0.5, 0.5))
+
+
 def test_level_and_mpp_errors(pyramid, tmp_path: Path) -> None:
     path, _ = pyramid
-    with pytest.raises(OptionError, match="finer than the finest level"):
-        open_raster(path, mpp=0.1)
     with pytest.raises(OptionError, match=r"--level 3 does not exist.*3 level"):
         open_raster(path, level=3)
     with pytest.raises(OptionError, match="not both"):

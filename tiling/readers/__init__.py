@@ -8,9 +8,11 @@ SVS, NDPI, OME-TIFF, pyramidal TIFF) through tifffile; Zarr stores through zarr.
 from __future__ import annotations
 
 import os
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
-from ..errors import InputError, OptionError
+from ..errors import InputError, OptionError, TilewiseWarning
 from .base import RasterInfo, RasterReader
 from .geotiff import GdalReader
 from .resample import ResampledReader
@@ -49,11 +51,15 @@ def open_raster(
     level: int | None = None,
     mpp: float | None = None,
     mpp_tolerance: float = 0.05,
+    input_mpp: float | None = None,
+    model_mpp: float | None = None,
 ) -> RasterReader:
     """Open ``path`` for windowed reads of ``bands`` (1-based; None = all).
 
-    ``level`` or ``mpp`` (not both) choose the resolution of a TIFF slide; see ``choose_level`` for
-    ``mpp_tolerance``. Reads are then in that level's (or the resampled) pixel grid.
+    ``level`` or ``mpp`` (not both) choose the resolution of a slide; see ``choose_level`` for
+    ``mpp_tolerance``. ``input_mpp`` declares the input's pixel size (µm) where it states none (PNG, plain TIFF);
+    ``model_mpp`` is the pixel size a model was trained at: an input whose pixel size is known is then read at
+    it unless ``level`` or ``mpp`` say otherwise. Reads are in the chosen level's (or the resampled) grid.
     """
     p = Path(path)
     if not p.exists():
@@ -61,44 +67,85 @@ def open_raster(
     if level is not None and mpp is not None:
         raise OptionError("give either --level or --mpp, not both")
     if p.is_dir() or p.suffix == ".zarr":
-        _no_levels(p, "Zarr", level, mpp)
-        return ZarrReader(str(p), bands)
-    if p.stat().st_size == 0:
-        raise InputError(f"input {p} is an empty file")
-    if _is_tiff(p) and not _is_georeferenced_tiff(p):
-        return _open_slide(str(p), bands, level, mpp, mpp_tolerance)
-    reader = GdalReader(str(p), bands)
+        reader: RasterReader = ZarrReader(str(p), bands)
+    else:
+        if p.stat().st_size == 0:
+            raise InputError(f"input {p} is an empty file")
+        if _is_tiff(p) and not _is_georeferenced_tiff(p):
+            return _open_slide(str(p), bands, level, mpp, mpp_tolerance, input_mpp, model_mpp)
+        reader = GdalReader(str(p), bands)
     try:
-        _no_levels(p, reader.info.format, level, mpp)
-    except OptionError:
+        _declare_pixel_size(reader, input_mpp)
+        if level is not None:
+            raise OptionError(f"--level chooses a level of a slide pyramid; {p} is a {reader.info.format} raster")
+        target = mpp if mpp is not None else model_mpp
+        if target is None or (mpp is None and reader.info.pixel_size_um is None):
+            return reader
+        if reader.info.pixel_size_um is None:
+            raise OptionError(
+                f"--mpp needs the input's pixel size, which {p} does not state; declare it with --input-mpp"
+            )
+        return _resampled(reader, target, mpp_tolerance)
+    except BaseException:
         reader.close()
         raise
-    return reader
 
 
-def _no_levels(path: Path, fmt: str, level: int | None, mpp: float | None) -> None:
-    if level is not None or mpp is not None:
-        flag = "--level" if level is not None else "--mpp"
-        raise OptionError(f"{flag} chooses a resolution of a TIFF slide; {path} is a {fmt} raster, read as it is")
+def _declare_pixel_size(reader: RasterReader, input_mpp: float | None) -> None:
+    """Give ``reader`` (and a slide's levels) the pixel size ``input_mpp`` declares."""
+    if input_mpp is None:
+        return
+    reader.info = replace(
+        reader.info, pixel_size_um=(input_mpp * reader.info.level0_scale[0], input_mpp * reader.info.level0_scale[1])
+    )
+    levels = getattr(reader, "levels", None)
+    if levels:
+        reader.levels = tuple(  # type: ignore[attr-defined]
+            replace(lv, pixel_size_um=(input_mpp * lv.downsample[0], input_mpp * lv.downsample[1])) for lv in levels
+        )
+
+
+def _resampled(reader: RasterReader, mpp: float, tolerance: float) -> RasterReader:
+    """``reader`` resampled to ``mpp`` µm per pixel (as it is when within ``tolerance``)."""
+    assert reader.info.pixel_size_um is not None
+    size_y, size_x = reader.info.pixel_size_um
+    factor = (mpp / size_y, mpp / size_x)
+    if all(abs(f - 1) <= tolerance for f in factor):
+        return reader
+    if min(factor) < 1:
+        warnings.warn(
+            f"reading {reader.info.path} at {mpp:g} µm/px, finer than its {size_x:.4g} µm/px: upsampled "
+            f"{1 / min(factor):.3g}x (bilinear)",
+            TilewiseWarning,
+            stacklevel=3,
+        )
+    return ResampledReader(reader, factor)
 
 
 def _open_slide(
-    path: str, bands: tuple[int, ...] | list[int] | None, level: int | None, mpp: float | None, tolerance: float
+    path: str,
+    bands: tuple[int, ...] | list[int] | None,
+    level: int | None,
+    mpp: float | None,
+    tolerance: float,
+    input_mpp: float | None,
+    model_mpp: float | None,
 ) -> RasterReader:
     reader = TiffReader(path, bands)
-    if level is None and mpp is None:
-        return reader
     try:
+        _declare_pixel_size(reader, input_mpp)
+        if level is None and mpp is None and (model_mpp is None or reader.levels[0].pixel_size_um is None):
+            return reader
         if level is not None:
             check_level(reader.levels, level, path)
             factor = (1.0, 1.0)
         else:
-            assert mpp is not None
-            level, factor = choose_level(reader.levels, mpp, tolerance, path)
-    except OptionError:
+            level, factor = choose_level(reader.levels, mpp if mpp is not None else model_mpp, tolerance, path)
+    except BaseException:
         reader.close()
         raise
     if level != 0:
         reader.close()
         reader = TiffReader(path, bands, level)
+        _declare_pixel_size(reader, input_mpp)
     return reader if factor == (1.0, 1.0) else ResampledReader(reader, factor)

@@ -1,7 +1,9 @@
-"""Area-average resampling of a reader onto a coarser pixel grid (``--mpp`` between pyramid levels).
+"""Resampling of a reader onto another pixel grid (``--mpp`` between pyramid levels, or finer than the finest).
 
-Output pixel ``i`` covers source pixels ``[i·f, (i+1)·f)`` (``f`` ≥ 1, fractional allowed); its value is the
-average of the source pixels weighted by how much of each lies inside, counting only valid source pixels.
+Downsampling (``f`` ≥ 1, fractional allowed) averages areas: output pixel ``i`` covers source pixels
+``[i·f, (i+1)·f)``, weighted by how much of each lies inside, counting only valid source pixels. Upsampling
+(``f`` < 1, reading finer than the finest level) interpolates bilinearly between the two source pixels nearest
+the output pixel's centre.
 Each output pixel is computed from global coordinates only, with the same operations in the same order
 whatever window it is read in, so reads in the resampled grid are exact and chunk-invariant.
 """
@@ -45,6 +47,23 @@ def area_weights(start: int, stop: int, factor: float, source: int) -> tuple[np.
     return np.minimum(index, source - 1), weights.astype(np.float32)
 
 
+def interpolation_weights(start: int, stop: int, factor: float, source: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices and weights (``stop - start``, 2) of output pixels ``start:stop`` along one axis, upsampled
+    by ``1 / factor``: the two source pixels around each output pixel's centre, clamped at the edges."""
+    centre = (np.arange(start, stop, dtype=np.float64) + 0.5) * factor - 0.5
+    low = np.floor(centre)
+    upper = (centre - low).astype(np.float32)
+    index = np.clip(np.stack([low, low + 1], axis=1).astype(np.int64), 0, source - 1)
+    return index, np.stack([1 - upper, upper], axis=1)
+
+
+def axis_weights(start: int, stop: int, factor: float, source: int) -> tuple[np.ndarray, np.ndarray]:
+    """Area weights to downsample, interpolation weights to upsample."""
+    if factor >= 1:
+        return area_weights(start, stop, factor, source)
+    return interpolation_weights(start, stop, factor, source)
+
+
 def _weighted(data: np.ndarray, index: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
     """Σ_k weights[:, k] · data[index[:, k]] along ``axis`` (−2 rows or −1 columns), in a fixed order."""
     out = None
@@ -81,12 +100,13 @@ def resample_window(
 
 
 class ResampledReader:
-    """A reader seen on a grid ``factor`` = (fy, fx) times coarser (area average); reads are in that grid."""
+    """A reader seen on a grid ``factor`` = (fy, fx) times coarser (area average), or finer for factors below 1
+    (bilinear); reads are in that grid."""
 
     def __init__(self, base: RasterReader, factor: tuple[float, float]) -> None:
         fy, fx = factor
-        if fy < 1 or fx < 1:
-            raise ValueError(f"resampling factors must be ≥ 1 (no upsampling), got {factor}")
+        if not (fy > 0 and fx > 0):
+            raise ValueError(f"resampling factors must be positive, got {factor}")
         self.base, self.factor, self.bands = base, (float(fy), float(fx)), base.bands
         info = base.info
         transform = None
@@ -114,7 +134,7 @@ class ResampledReader:
     def read(self, rows: Span, cols: Span) -> tuple[np.ndarray, np.ndarray]:
         fy, fx = self.factor
         src_h, src_w = self.base.info.height, self.base.info.width
-        col_index, col_weights = area_weights(cols.start, cols.stop, fx, src_w)
+        col_index, col_weights = axis_weights(cols.start, cols.stop, fx, src_w)
         c0, c1 = int(col_index.min()), int(col_index.max()) + 1
         dtype = np.dtype(self.info.dtype)
         bytes_per_row = max(1, math.ceil(fy) * (c1 - c0) * len(self.bands) * 4)
@@ -123,7 +143,7 @@ class ResampledReader:
         valid = np.empty((rows.size, cols.size), dtype=bool)
         for start in range(rows.start, rows.stop, strip):
             stop = min(start + strip, rows.stop)
-            row_index, row_weights = area_weights(start, stop, fy, src_h)
+            row_index, row_weights = axis_weights(start, stop, fy, src_h)
             r0, r1 = int(row_index.min()), int(row_index.max()) + 1
             source, source_valid = self.base.read(Span(r0, r1), Span(c0, c1))
             out, ok = resample_window(

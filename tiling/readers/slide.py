@@ -9,6 +9,7 @@ A level's pixel size is the full-resolution pixel size times the level's downsam
 from __future__ import annotations
 
 import math
+import warnings
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ import tifffile
 from tifffile import TIFF
 from tifffile.tifffile import svs_description_metadata
 
-from ..errors import InputError, OptionError
+from ..errors import InputError, OptionError, TilewiseWarning
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ def choose_level(levels: tuple[Level, ...], mpp: float, tolerance: float, path: 
     if levels[0].pixel_size_um is None:
         raise OptionError(
             f"--mpp needs the physical pixel size, which {path} does not state (no MPP, OME PhysicalSize or "
-            "resolution tags); choose a level with --level instead"
+            "resolution tags); declare it with --input-mpp, or choose a level with --level"
         )
 
     def within(level: Level) -> bool:
@@ -200,16 +201,19 @@ def choose_level(levels: tuple[Level, ...], mpp: float, tolerance: float, path: 
         return max(level.pixel_size_um) <= mpp * (1 + tolerance)
 
     usable = [level for level in levels if level.pixel_size_um is not None and within(level)]
-    if not usable:
-        finest = levels[0].pixel_size_um
-        raise OptionError(
-            f"--mpp {mpp:g} is finer than the finest level of {path} ({_um(finest)} µm/px); tilewise does not upsample"
-        )
-    chosen = max(usable, key=lambda level: level.downsample[0] * level.downsample[1])
+    chosen = max(usable, key=lambda level: level.downsample[0] * level.downsample[1]) if usable else levels[0]
     assert chosen.pixel_size_um is not None
     factor = (mpp / chosen.pixel_size_um[0], mpp / chosen.pixel_size_um[1])
     if all(abs(f - 1) <= tolerance for f in factor):
         return chosen.index, (1.0, 1.0)
+    if not usable:
+        warnings.warn(
+            f"reading {path} at {mpp:g} µm/px, finer than its finest level ({_um(chosen.pixel_size_um)} µm/px): "
+            f"upsampled {1 / min(factor):.3g}x (bilinear)",
+            TilewiseWarning,
+            stacklevel=2,
+        )
+        return chosen.index, factor
     return chosen.index, (max(1.0, factor[0]), max(1.0, factor[1]))
 
 
