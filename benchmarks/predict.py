@@ -7,6 +7,8 @@ For each generated RGB GeoTIFF size, two child processes (so peak RSS is per run
   them out (same threads, same batch size) / end-to-end time (fastest of each side over alternating runs: at
   least 5 pairs and 3 minutes of runs), with two figures taken inside each run beside it (see
   ``child_model_bound``);
+- instances: the default U-Net writing labels against the same run also writing instances (objects found,
+  measured and numbered); ratio = the second's time / the first's (best of alternating runs);
 - pipeline-bound: a 1×1-conv model (a GPU that makes the model nearly free); ratio = end-to-end time /
   a plain windowed rasterio copy that reads every band and writes a uint8 map of the same raster (best of 3
   alternating runs of each, in the same process).
@@ -262,20 +264,49 @@ def child_pipeline_bound(scene: Path, workdir: Path, repeats: int = 3) -> dict[s
     }
 
 
+def child_instances(scene: Path, workdir: Path, pairs: int = 3) -> dict[str, float]:
+    """The default U-Net writing labels, against the same run also finding, measuring and numbering objects
+    (``--output-kind labels,instances``): best of ``pairs`` alternating runs each, in one process."""
+    from pipeline import predict
+
+    checkpoint = _default_checkpoint(workdir)
+    plain, with_objects, peak, report = [], [], 0.0, None
+    for attempt in range(pairs):
+        first, second = ("labels", "labels,instances") if attempt % 2 == 0 else ("labels,instances", "labels")
+        for kind in (first, second):
+            out = workdir / f"out_{kind.replace(',', '_')}_{scene.stem}.zarr"
+            run = predict(scene, out, checkpoint, output_kind=kind, overwrite=True)
+            (with_objects if "instances" in kind else plain).append(run.seconds)
+            if "instances" in kind:
+                report = run
+                peak = max(peak, _peak_rss_mib())
+    assert report is not None and report.objects is not None
+    return {
+        "labels_s": min(plain),
+        "labels_instances_s": min(with_objects),
+        "ratio": min(with_objects) / min(plain),
+        "objects": sum(report.objects.values()),
+        "tiles_run": report.tiles_run,
+        "tiles_grid": report.tiles_total,
+        "chunk": report.chunk,
+        "workers": report.workers,
+        "peak_rss_mib": peak,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192])
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tilewise-bench")
-    parser.add_argument("--modes", nargs="+", default=["pipeline", "model"], choices=["pipeline", "model"])
+    parser.add_argument("--modes", nargs="+", default=["pipeline", "model", "instances"], choices=list(CHILDREN))
     parser.add_argument("--pipeline-processes", type=int, default=3, help="fresh processes per pipeline-bound size")
-    parser.add_argument("--child", choices=["pipeline", "model"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--scene", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     if args.child:
-        run = child_model_bound if args.child == "model" else child_pipeline_bound
-        print(json.dumps(run(args.scene, args.workdir)))
+        print(json.dumps(CHILDREN[args.child](args.scene, args.workdir)))
         return
 
     results: dict[tuple[str, int], dict[str, float]] = {}
@@ -315,7 +346,11 @@ def main() -> None:
     for mode in args.modes:
         for size in args.sizes:
             f = results[(mode, size)]
-            what = "model alone / end-to-end" if mode == "model" else "end-to-end / rasterio copy"
+            what = {
+                "model": "model alone / end-to-end",
+                "pipeline": "end-to-end / rasterio copy",
+                "instances": "labels+instances / labels",
+            }[mode]
             print(
                 f"  {mode}-bound {size}²: {what} = {f['ratio']:.3f}; tiles run / grid = "
                 f"{f['tiles_run'] / f['tiles_grid']:.2f}; peak RSS {f['peak_rss_mib']:.0f} MiB"
@@ -327,6 +362,8 @@ def main() -> None:
                 f"{hi['peak_rss_mib'] / lo['peak_rss_mib']:.3f}x"
             )
 
+
+CHILDREN = {"pipeline": child_pipeline_bound, "model": child_model_bound, "instances": child_instances}
 
 if __name__ == "__main__":
     main()
