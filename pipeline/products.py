@@ -59,14 +59,16 @@ def write_products(opts: PredictOptions, plan: RunPlan, objects: Objects | None)
     assert plan.output is not None
     fmt, class_names = plan.output.format, plan.card.class_names
     products = Products()
-    labels = fmt.layer_raster("labels")
+    labels, instances = fmt.layer_raster("labels"), fmt.layer_raster("instances")
     if opts.preview:
         size = opts.preview_size
-        preview = write_preview(opts.preview, plan.reader, labels, plan.mask, class_names, size, opts.overwrite)
+        preview = write_preview(
+            opts.preview, plan.reader, labels, plan.mask, class_names, size, opts.overwrite, instances=instances
+        )
         products.paths.append(preview)
     table = object_columns(objects, class_names, plan.reader.info) if objects is not None else None
     if opts.vector:
-        products.polygons = _write_vector(opts, plan, labels, fmt.layer_raster("instances"), table)
+        products.polygons = _write_vector(opts, plan, labels, instances, table)
         products.paths.append(Path(opts.vector))
     if opts.objects and table is not None:
         products.paths.append(write_object_table(Path(opts.objects), table, opts.overwrite))

@@ -17,13 +17,15 @@ from PIL import Image, ImageDraw
 from ..masking import CoarseMask
 from ..readers import RasterReader, open_raster
 from .atomic import check_destination, commit, remove_path
-from .encode import NODATA_UINT8
+from .encode import NODATA_UINT8, NODATA_UINT32
 from .geotiff import PALETTE
 from .write_errors import os_write_errors
 
 #: Opacity of class colours over the image; pixels outside the valid area are dimmed to this brightness.
 CLASS_ALPHA = 0.5
 DIM = 0.35
+#: The colour objects are outlined in.
+OUTLINE = (255, 255, 0)
 
 
 def preview_shape(height: int, width: int, size: int) -> tuple[int, int]:
@@ -71,6 +73,27 @@ def overlay(rgb: np.ndarray, labels: np.ndarray | None, inside: np.ndarray | Non
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def outlines(ids: np.ndarray) -> np.ndarray:
+    """Pixels of an object (id > 0) with a 4-neighbour of another id: each object's inner outline."""
+    edge = np.zeros(ids.shape, bool)
+    differs_down, differs_right = ids[1:] != ids[:-1], ids[:, 1:] != ids[:, :-1]
+    edge[1:] |= differs_down
+    edge[:-1] |= differs_down
+    edge[:, 1:] |= differs_right
+    edge[:, :-1] |= differs_right
+    return edge & (ids > 0) & (ids != NODATA_UINT32)
+
+
+def _read_map(path: str | os.PathLike[str], shape: tuple[int, int], nodata: int) -> np.ndarray:
+    """A label or instance raster reduced to ``shape`` by its nearest pixels; nodata where unknown."""
+    reader = open_raster(path, bands=[1])
+    try:
+        values, known = reader.read_reduced(shape, "nearest")
+    finally:
+        reader.close()
+    return np.where(known, values[0], nodata)
+
+
 def _legend(image: Image.Image, labels: np.ndarray, class_names: tuple[str, ...]) -> None:
     draw = ImageDraw.Draw(image)
     y = 4
@@ -92,24 +115,21 @@ def write_preview(
     class_names: tuple[str, ...],
     size: int = 1024,
     overwrite: bool = False,
+    instances: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write the preview PNG of the raster ``reader`` reads, with the label raster at ``labels`` (same grid)
-    coloured over it, or else the ``mask``."""
+    coloured over it, or else the ``mask``, and the objects of the instance raster at ``instances`` outlined."""
     dest = Path(dest)
     check_destination(dest, overwrite)
     shape = preview_shape(reader.info.height, reader.info.width, size)
     data, valid = reader.read_reduced(shape, "average")
     rgb = display_rgb(data, valid)
-    label_map = None
-    if labels is not None:
-        label_reader = open_raster(labels, bands=[1])
-        try:
-            values, known = label_reader.read_reduced(shape, "nearest")
-        finally:
-            label_reader.close()
-        label_map = np.where(known, values[0], NODATA_UINT8).astype(np.uint8)
+    label_map = None if labels is None else _read_map(labels, shape, NODATA_UINT8).astype(np.uint8)
     inside = None if mask is None else _stretch_mask(mask, shape)
-    image = Image.fromarray(overlay(rgb, label_map, inside))
+    pixels = overlay(rgb, label_map, inside)
+    if instances is not None:
+        pixels[outlines(_read_map(instances, shape, NODATA_UINT32))] = OUTLINE
+    image = Image.fromarray(pixels)
     if label_map is not None:
         _legend(image, label_map, class_names)
     partial = dest.with_name(dest.name + ".partial")
