@@ -49,3 +49,22 @@ def test_boundary_class_separates_touching_objects() -> None:
     # The map's edge is not a boundary (a tile cut through an object is read with a margin instead).
     edge = boundary_classes(np.ones((4, 4), np.int32), np.array([0, 3]), boundary=2, width=1)
     assert (edge == 3).all()
+
+
+def test_object_scores_by_hand() -> None:
+    from pipeline.training.instance_metrics import score_objects
+
+    true = np.zeros((4, 8), np.int32)
+    true[:, 0:2], true[:, 2:4], true[:, 6:8] = 1, 2, 3  # three objects, 8 px each
+    predicted = np.zeros((4, 8), np.int32)
+    predicted[:, 0:4] = 5  # objects 1 and 2 merged
+    predicted[0, 7] = 9  # a sliver of object 3
+    scores = score_objects(true, predicted)
+    # AJI: true 1 and 2 both pair with 5 (IoU 0.5 each): ∩ 8 + 8; ∪ 16 + 16; true 3 pairs with 9: ∩ 1, ∪ 8.
+    assert scores.aji == pytest.approx((8 + 8 + 1) / (16 + 16 + 8))
+    assert (scores.true_count, scores.predicted_count) == (3, 2)
+    assert scores.f1 == 0.0  # no IoU above 0.5
+    assert scores.dice == pytest.approx(2 * 17 / (24 + 17))
+    assert scores.count_error == pytest.approx(1 / 3)
+    perfect = score_objects(true, true * 7)
+    assert (perfect.aji, perfect.f1, perfect.dice) == (1.0, 1.0, 1.0)
