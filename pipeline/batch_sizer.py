@@ -39,6 +39,11 @@ class BatchSizer:
         self._per_tile: dict[int, list[float]] = {}
         self._warmed: set[tuple[int, int]] = set()
 
+    @property
+    def in_use(self) -> int:
+        """The chosen size, or while still choosing the best so far."""
+        return self.chosen if self.chosen is not None else self._best
+
     def next_size(self) -> int:
         if self.chosen is not None:
             return self.chosen

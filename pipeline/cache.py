@@ -40,6 +40,12 @@ class ModelCache:
             return process_device(spec.device) == "cpu"
         return runner.idle
 
+    def batch_size(self, spec: ModelSpec) -> int | None:
+        """The batch size the runner for ``spec`` runs (None: not loaded, or no tile run yet)."""
+        with self._lock:
+            runner = self._runners.get(spec)
+        return None if runner is None or not runner.tiles_run else runner.sizer.in_use
+
     def release(self) -> None:
         """Close and forget every runner (frees their models; the next run loads again). ``loads`` keeps
         counting."""
@@ -56,3 +62,8 @@ _CACHE = ModelCache()
 def model_cache() -> ModelCache:
     """This process's ``ModelCache``."""
     return _CACHE
+
+
+def chosen_batch_size(spec: ModelSpec) -> int | None:
+    """The batch size this process's runner for ``spec`` chose (what a cluster worker reports back)."""
+    return _CACHE.batch_size(spec)

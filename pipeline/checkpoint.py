@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from tiling.errors import CheckpointError, OptionError
 from tiling.instances import InstanceSpec
 from tiling.normalize import Normalization
+from tiling.writers.atomic import honour_umask
 
 from .model import UNet, UNetConfig
 
@@ -133,6 +134,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: UNet, card: ModelCard) 
     }
     partial = path.with_name(path.name + ".partial")
     save_file(tensors, str(partial), metadata=metadata)
+    honour_umask(partial)  # a colleague, or a cluster worker running as another user, must read the model
     os.replace(partial, path)
     return path
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,9 @@ def load_config(path: str | os.PathLike[str], section: str, known: list[str]) ->
         raise OptionError(f"section {section!r} of config {p} must be a mapping")
     for key in values:
         if key not in known:
-            raise OptionError(f"unknown key {key!r} in the {section} section of config {p}")
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise OptionError(f"unknown key {key!r} in the {section} section of config {p}{hint}")
     if "bands" in values and isinstance(values["bands"], list):
         values["bands"] = tuple(values["bands"])
     return values

@@ -10,10 +10,10 @@ from .run_plan import RunPlan, plan_run
 
 
 def raster_lines(info: RasterInfo, bands: tuple[int, ...]) -> list[str]:
-    names = ", ".join(f"{b}: {info.band_names[b - 1] or '-'}" if info.band_names else str(b) for b in bands)
+    names = ", ".join(f"{b}: {(info.band_names[b - 1] if info.band_names else None) or 'unnamed'}" for b in bands)
     lines = [
         f"input       {info.path} ({info.format})",
-        f"size        {info.height} x {info.width} pixels (rows x cols), {info.count} band(s), {info.dtype}",
+        f"size        {info.width} x {info.height} pixels (width x height), {info.count} band(s), {info.dtype}",
         f"bands used  {names}",
         f"nodata      {'none' if info.nodata is None else info.nodata}",
     ]
@@ -21,7 +21,7 @@ def raster_lines(info: RasterInfo, bands: tuple[int, ...]) -> list[str]:
         lines.append(f"crs         {info.crs_name}")
     if info.transform:
         a, b, c, d, e, f = info.transform
-        lines.append(f"transform   origin ({c:.6g}, {f:.6g}), pixel ({a:.6g}, {e:.6g}), rotation ({b:.3g}, {d:.3g})")
+        lines.append(f"transform   origin ({c!r}, {f!r}), pixel ({a!r}, {e!r}), rotation ({b!r}, {d!r})")
     if info.pixel_size_um:
         lines.append(f"pixel size  {info.pixel_size_um[1]:.4g} x {info.pixel_size_um[0]:.4g} µm")
     if not info.crs and not info.pixel_size_um:
@@ -54,8 +54,8 @@ def plan_lines(plan: RunPlan, model: str | None) -> list[str]:
     lines += [
         f"model       {model or f'none given (planning for a default U-Net, {in_channels} band(s) in)'}",
         f"tiles       {grid.tile} px, overlap {grid.overlap} px, stride {grid.stride} px: "
-        f"{rows} x {cols} = {grid.n_tiles} tiles",
-        f"chunks      {chunks.chunk[0]} px: {chunk_rows} x {chunk_cols} = {chunks.n_chunks} chunks, "
+        f"{cols} x {rows} = {grid.n_tiles} tiles",
+        f"chunks      {chunks.chunk[0]} px: {chunk_cols} x {chunk_rows} = {chunks.n_chunks} chunks, "
         f"{resources.workers} in flight",
         f"memory      about {mib(resources.estimated_peak)} at peak ({mib(resources.per_chunk)} per chunk in flight; "
         f"limit {mib(resources.memory_limit)})",

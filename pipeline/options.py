@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
@@ -34,7 +35,9 @@ class UpdatableOptions:
         """A copy with ``changes`` applied (unknown names are an error; ``None`` values are ignored)."""
         unknown = sorted(set(changes) - set(self.names()))
         if unknown:
-            raise OptionError(f"unknown {self.option_word}(s) {', '.join(unknown)}")
+            close = [difflib.get_close_matches(name, self.names(), n=1) for name in unknown]
+            hints = [f"{name} (did you mean {c[0]}?)" if c else name for name, c in zip(unknown, close, strict=True)]
+            raise OptionError(f"unknown {self.option_word}(s) {', '.join(hints)}")
         return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[type-var]
 
 

@@ -36,7 +36,7 @@ from tiling.instances.passes import Objects
 from tiling.writers import Writing
 
 from .budget import HeapGuard, keep_freed_memory, parse_size, release_free_memory
-from .cache import model_cache
+from .cache import chosen_batch_size, model_cache
 from .checkpoint import Checkpoint
 from .cluster import SchedulerChoice, connect, run_graph, total_threads
 from .devices import cpu_threads, resolve_device
@@ -89,6 +89,8 @@ class _Execution:
     workers: int
     extra: dict[str, Any]
     objects: Objects | None = None
+    #: The batch size the forward passes used (the workers' most common, on a cluster).
+    batch_size: int | None = None
 
 
 def predict(
@@ -131,7 +133,7 @@ def predict(
         chunks_computed=run.stats.chunks_written,
         chunk=plan.chunks.chunk[0],
         workers=run.workers,
-        batch_size=None if choice.distributed else model_cache().runner(plan.job.model).sizer.chosen,
+        batch_size=run.batch_size,
         device=plan.job.model.device,
         seconds=time.perf_counter() - began,
         resumed=bool(writing.done),
@@ -171,6 +173,8 @@ def _execute(plan: RunPlan, writing: Writing, choice: SchedulerChoice, opts: Pre
             report = Path(opts.report) if opts.report else None
             stats = run_graph(client, dsk, model_keys, keys.done, gpu, opts.progress, report)
             objects = _objects(plan, writing, TaskRunner(client=client), stats, done)
+            chosen = [size for size in client.run(chosen_batch_size, job.model).values() if size]
+            batch = max(set(chosen), key=chosen.count) if chosen else None
     else:
         workers, extra = plan.resources.workers, {}
         heap = HeapGuard(ceiling=plan.resources.estimated_peak)
@@ -180,7 +184,8 @@ def _execute(plan: RunPlan, writing: Writing, choice: SchedulerChoice, opts: Pre
         with threads:
             stats = _run(dsk, keys.done, workers, opts.progress)
         objects = _objects(plan, writing, TaskRunner(workers), stats, done)
-    return _Execution(stats, workers, extra, objects)
+        batch = model_cache().batch_size(job.model)
+    return _Execution(stats, workers, extra, objects, batch)
 
 
 def _objects(

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from tiling.errors import InputError
+from tiling.errors import InputError, option
 from tiling.grid import TileGrid, resolve_overlap
 from tiling.masking import CoarseMask, make_mask, mask_scale
 from tiling.normalize import Normalization
@@ -160,7 +160,7 @@ def plan_run(
         if bands != card.model.in_channels:
             raise InputError(
                 f"the model takes {card.model.in_channels} band(s) but {bands} are selected from "
-                f"{reader.info.path} ({reader.info.count} available); choose them with --bands"
+                f"{reader.info.path} ({reader.info.count} available); choose them with {option('bands', '(…)')}"
             )
         normalization = (
             Normalization.from_mapping(opts.normalization, bands) if opts.normalization else card.normalization

@@ -234,8 +234,41 @@ def test_console_script_and_info(files) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "160 x 180 pixels" in done.stdout and "EPSG:32618" in done.stdout
+    assert "180 x 160 pixels (width x height)" in done.stdout and "EPSG:32618" in done.stdout
+    assert "bands used  1: unnamed, 2: unnamed, 3: unnamed" in done.stdout
+    assert "origin (440000.0, 3750000.0)" in done.stdout  # full precision, as GDAL and QGIS give it
     assert "tiles       64 px" in done.stdout and "memory" in done.stdout
+
+
+def test_help_is_grouped_with_choices_defaults_and_examples(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("tilewise ")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert "``" not in top and "predict" in top and "train" in top and "info" in top
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = capsys.readouterr().out
+    for heading in ("input and reading:", "tiles and memory:", "model and inference:", "outputs:", "running:"):
+        assert heading in text
+    assert "{gaussian,cosine,constant}" in text and "(gaussian)" in text and "examples:" in text
+    assert "required" in text and "channels-last" in text and "channels-last memory layout" in text
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "palette, upsampling" in capsys.readouterr().out
+
+
+def test_config_only_train_keys_are_every_setting_without_a_flag() -> None:
+    from pipeline.arguments import CONFIG_ONLY_TRAIN_KEYS, add_train, build_parser
+    from pipeline.training import TrainOptions
+
+    train = next(
+        a for a in build_parser(add_train)._subparsers._group_actions[0].choices.values() if a.prog.endswith("train")
+    )
+    flags = {action.dest for action in train._actions}
+    assert set(CONFIG_ONLY_TRAIN_KEYS) == set(TrainOptions.names()) - flags
 
 
 def test_help_and_option_checks_do_not_load_torch() -> None:

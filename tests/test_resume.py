@@ -110,7 +110,7 @@ def test_cli_killed_with_sigkill_then_resumed(tmp_path: Path) -> None:
 
     resumed = subprocess.run([*cli, str(out), *args, "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    match = re.search(r"resumed: (\d+) of (\d+) chunks computed", resumed.stderr)
+    match = re.search(r"resumed: (\d+) chunk\(s\) computed, (\d+) kept from the earlier run", resumed.stderr)
     assert match, resumed.stderr
-    assert int(match.group(1)) == unfinished and int(match.group(2)) == flags.size
+    assert int(match.group(1)) == unfinished and int(match.group(2)) == flags.size - unfinished
     np.testing.assert_allclose(_probs(out), _probs(reference), atol=1e-5, rtol=0)

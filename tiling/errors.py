@@ -6,12 +6,33 @@ subclass whose message names the problem; the CLI prints it on one line. Anythin
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 #: Attribute under which ``attach_note`` keeps its notes on an exception (``BaseException.add_note`` needs 3.11).
 _NOTES = "tilewise_notes"
+#: Which interface messages speak to: the command line (flags) or Python (keyword arguments).
+_INTERFACE: ContextVar[str] = ContextVar("tilewise_interface", default="python")
+
+
+def option(name: str, value: str = "True") -> str:
+    """An option as the user in front of the message writes it: ``--name`` on the command line, ``name=value``
+    in Python (``option("overwrite")`` → ``--overwrite`` or ``overwrite=True``)."""
+    return f"--{name.replace('_', '-')}" if _INTERFACE.get() == "cli" else f"{name}={value}"
+
+
+@contextlib.contextmanager
+def command_line() -> Iterator[None]:
+    """Messages raised inside the block name options as command-line flags."""
+    token = _INTERFACE.set("cli")
+    try:
+        yield
+    finally:
+        _INTERFACE.reset(token)
 
 
 class TilewiseError(Exception):

@@ -12,8 +12,8 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import InputError, OptionError, TilewiseWarning
-from .base import RasterInfo, RasterReader
+from ..errors import InputError, OptionError, TilewiseWarning, option
+from .base import RasterInfo, RasterReader, round_um
 from .geotiff import GdalReader
 from .resample import ResampledReader
 from .slide import Level, check_level, choose_level
@@ -83,7 +83,8 @@ def open_raster(
             return reader
         if reader.info.pixel_size_um is None:
             raise OptionError(
-                f"--mpp needs the input's pixel size, which {p} does not state; declare it with --input-mpp"
+                f"--mpp needs the input's pixel size, which {p} does not state; declare it with "
+                f"{option('input_mpp', 'µm')}"
             )
         return _resampled(reader, target, mpp_tolerance)
     except BaseException:
@@ -95,13 +96,13 @@ def _declare_pixel_size(reader: RasterReader, input_mpp: float | None) -> None:
     """Give ``reader`` (and a slide's levels) the pixel size ``input_mpp`` declares."""
     if input_mpp is None:
         return
-    reader.info = replace(
-        reader.info, pixel_size_um=(input_mpp * reader.info.level0_scale[0], input_mpp * reader.info.level0_scale[1])
-    )
+    sy, sx = reader.info.level0_scale
+    reader.info = replace(reader.info, pixel_size_um=(round_um(input_mpp * sy), round_um(input_mpp * sx)))
     levels = getattr(reader, "levels", None)
     if levels:
         reader.levels = tuple(  # type: ignore[attr-defined]
-            replace(lv, pixel_size_um=(input_mpp * lv.downsample[0], input_mpp * lv.downsample[1])) for lv in levels
+            replace(lv, pixel_size_um=(round_um(input_mpp * lv.downsample[0]), round_um(input_mpp * lv.downsample[1])))
+            for lv in levels
         )
 
 

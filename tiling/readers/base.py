@@ -13,6 +13,13 @@ import numpy as np
 from ..errors import InputError
 from ..plan import Span
 
+
+def round_um(size: float) -> float:
+    """A pixel size in µm to the precision the data support (1e-6 µm): sizes derived by multiplying and
+    dividing must not come out as 0.9999999999999999."""
+    return round(size, 6)
+
+
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32")
 
 

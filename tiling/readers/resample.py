@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..plan import Span
-from .base import RasterInfo, RasterReader
+from .base import RasterInfo, RasterReader, round_um
 
 #: Bytes of float32 source pixels resampled at a time (a read is cut into strips of output rows).
 STRIP_BYTES = 64 * 2**20
@@ -113,7 +113,8 @@ class ResampledReader:
         if info.transform is not None:
             a, b, c, d, e, f = info.transform
             transform = (a * fx, b * fy, c, d * fx, e * fy, f)
-        pixel = None if info.pixel_size_um is None else (info.pixel_size_um[0] * fy, info.pixel_size_um[1] * fx)
+        size = info.pixel_size_um
+        pixel = None if size is None else (round_um(size[0] * fy), round_um(size[1] * fx))
         self.info: RasterInfo = replace(
             info,
             height=resampled_length(info.height, fy),

@@ -18,6 +18,7 @@ from tifffile import TIFF
 from tifffile.tifffile import svs_description_metadata
 
 from ..errors import InputError, OptionError, TilewiseWarning
+from .base import round_um
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Level:
     pixel_size_um: tuple[float, float] | None
 
     def describe(self) -> str:
-        size = f"{self.height} x {self.width} px"
+        size = f"{self.width} x {self.height} px"
         scale = f"downsample {self.downsample[1]:.4g}"
         if self.pixel_size_um is None:
             return f"{self.index}: {size}, {scale}"
@@ -128,7 +129,7 @@ def slide_levels(tif: tifffile.TiffFile) -> tuple[Level, ...]:
     for i, level in enumerate(series.levels):
         h, w = yx_shape(level.shape, level.axes)
         down = (height / h, width / w)
-        pixel = None if base is None else (base[0] * down[0], base[1] * down[1])
+        pixel = None if base is None else (round_um(base[0] * down[0]), round_um(base[1] * down[1]))
         levels.append(Level(i, h, w, down, pixel))
     return tuple(levels)
 

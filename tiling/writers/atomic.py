@@ -7,7 +7,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from ..errors import OutputError
+from ..errors import OutputError, option
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -19,7 +19,7 @@ def partial_path(final: Path) -> Path:
 def check_destination(final: Path, overwrite: bool) -> None:
     """Refuse an existing output (unless ``overwrite``) and a folder that is missing or not writable."""
     if final.exists() and not overwrite:
-        raise OutputError(f"output {final} already exists (pass --overwrite to replace it)")
+        raise OutputError(f"output {final} already exists (pass {option('overwrite')} to replace it)")
     parent = final.parent
     if not parent.exists():
         raise OutputError(f"output folder {parent} does not exist")
@@ -31,6 +31,14 @@ def check_destination(final: Path, overwrite: bool) -> None:
         probe.unlink()
     except OSError as exc:
         raise OutputError(f"output folder {parent} is not writable: {exc.strerror or exc}") from None
+
+
+def honour_umask(path: Path) -> None:
+    """Give ``path`` the mode a new file gets under the process's umask (some writers, such as safetensors',
+    create their files readable by their owner only)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def remove_path(path: Path) -> None:

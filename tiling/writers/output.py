@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputError, TilewiseWarning, WriteFailure, attach_note
+from ..errors import OutputError, TilewiseWarning, WriteFailure, attach_note, option
 from .disk import DiskCheck, check_needs, existing_folder, folder_size, mib
 from .formats import OutputContent, OutputFormat
 from .location import StoreLocation
@@ -120,7 +120,7 @@ class RunOutput:
             attach_note(
                 error,
                 f"{finished} of {total} chunks are done and kept in {self.work}: run the same command with "
-                "--resume to continue once the problem is fixed",
+                f"{option('resume')} to continue once the problem is fixed",
             )
         else:
             self.work.remove()
