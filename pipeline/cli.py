@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tiling.errors import OptionError, TilewiseError, TilewiseWarning, command_line, notes
 
-from .arguments import add_train, build_parser
+from . import arguments
 from .config import load_config
 from .options import PredictOptions
 
@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from .prediction import PredictReport
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tilewise`` command's parser (see ``arguments``)."""
+    return arguments.build_parser(arguments.add_train)
 
 
 _CLI_ONLY = {"command", "debug", "input", "output", "model", "config"}
@@ -150,7 +155,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser(add_train)
+    parser = build_parser()
     args = parser.parse_args(argv)
     with warnings.catch_warnings(), _library_logs(args.debug), command_line():
         if not args.debug:

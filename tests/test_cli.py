@@ -28,7 +28,10 @@ def files(tmp_path: Path) -> dict[str, Path]:
 
 
 def run_cli(capsys, *argv: object) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit:  # argparse's own usage errors (a value outside a flag's choices)
+        code = int(exit.code or 0)
     return code, capsys.readouterr().err
 
 

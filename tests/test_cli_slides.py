@@ -62,7 +62,7 @@ def test_undecodable_tiles_name_the_compression_and_the_codec(files, capsys, tmp
         (["--vector", "out.shp"], ["vector must be a file name ending in .gpkg or .geojson"]),
         (["--preview", "out.jpg"], ["preview must be a file name ending in .png"]),
         (["--vector", "out.gpkg", "--output-kind", "probs"], ["made from the label or instance map"]),
-        (["--tissue-channel", "hue"], ["unknown tissue_channel 'hue'"]),
+        (["--tissue-channel", "hue"], ["--tissue-channel", "invalid choice: 'hue'", "saturation"]),
     ],
 )
 def test_bad_slide_options(files, capsys, flags, words) -> None:
@@ -114,8 +114,8 @@ def test_slide_run_reports_mask_and_products(files, capsys, tmp_path: Path) -> N
 def test_info_lists_levels(files, capsys) -> None:
     assert main(["info", str(files["slide"]), "--mpp", "0.75", "--mask", "tissue", "--tissue-threshold", "0.1"]) == 0
     out = capsys.readouterr().out
-    assert "levels      0: 256 x 192 px, downsample 1, 0.25 µm/px" in out
-    assert "1: 128 x 96 px, downsample 2, 0.5 µm/px" in out
+    assert "levels      0: 192 x 256 px, downsample 1, 0.25 µm/px" in out  # width x height
+    assert "1: 96 x 128 px, downsample 2, 0.5 µm/px" in out
     assert "reading     level 1, area-resampled by 1.5" in out
     assert "mask        tissue (saturation > 0.1)" in out
 

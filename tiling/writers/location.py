@@ -6,7 +6,9 @@ filesystem path, or an object store URL (``s3://…``, ``gs://…``, ``file://�
 
 from __future__ import annotations
 
+import errno
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,26 @@ import zarr
 
 from ..errors import OptionError
 from .atomic import partial_path
+
+#: Attempts at removing a local store that files are still landing in, and the pause between them.
+REMOVE_ATTEMPTS, REMOVE_PAUSE = 20, 0.05
+
+
+def _remove_local(path: Path) -> None:
+    """Remove a local store. zarr writes from its own I/O thread, which finishes a write that an interrupted
+    caller stopped waiting for (Ctrl-C while the store was being created): a file may land while the store is
+    removed, so the removal is tried again for a moment."""
+    for attempt in range(REMOVE_ATTEMPTS):
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.ENOENT) or attempt == REMOVE_ATTEMPTS - 1:
+                raise
+            time.sleep(REMOVE_PAUSE)
 
 
 @dataclass(frozen=True)
@@ -70,11 +92,7 @@ class StoreLocation:
 
     def remove(self) -> None:
         if self.is_local:
-            path = Path(self.url)
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
+            _remove_local(Path(self.url))
             return
         fs, path = self._fs()
         if fs.exists(path):
