@@ -170,11 +170,15 @@ def _library_logs(debug: bool) -> Iterator[None]:
     user must know comes as tilewise's own error or warning line."""
     root = logging.getLogger()
     handler: logging.Handler = logging.StreamHandler(sys.stderr) if debug else logging.NullHandler()
+    level = root.level
     root.addHandler(handler)
+    if debug:
+        root.setLevel(logging.INFO)
     try:
         yield
     finally:
         root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def _run_command(args: argparse.Namespace) -> int:

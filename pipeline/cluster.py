@@ -9,6 +9,7 @@ run is on CUDA, so a mixed cluster runs them only on GPU workers; a cluster with
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -111,7 +112,10 @@ def connect(choice: SchedulerChoice) -> Iterator[Any]:
 
 
 def local_cluster(workers: int) -> Any:
-    """A ``LocalCluster`` of ``workers`` single-threaded worker processes set up for tilewise (``--cluster``)."""
+    """A ``LocalCluster`` of ``workers`` single-threaded worker processes set up for tilewise (``--cluster``).
+
+    Its processes log only critical records (their stderr is the terminal's): a failed task reaches the user as
+    the run's one error line, not as the workers' "Compute Failed" reports; ``--debug`` lets them through."""
     import dask
     from distributed import LocalCluster
 
@@ -123,7 +127,12 @@ def local_cluster(workers: int) -> Any:
             os.environ.pop(name, None)
     with dask.config.set(pre_spawn):  # read by the nannies as they start, in this process
         return LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", env=WORKER_ENV
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            env=WORKER_ENV,
+            silence_logs=logging.WARNING if logging.getLogger().isEnabledFor(logging.INFO) else logging.CRITICAL,
         )
 
 

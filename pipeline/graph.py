@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from tiling.blend import Accumulator, Contribution, blend
+from tiling.errors import portable_errors
 from tiling.masking import CoarseMask, MaskCrop
 from tiling.normalize import Normalization
 from tiling.plan import ChunkPlan, Span
@@ -163,6 +164,7 @@ def _joined(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
     return tuple(np.concatenate(arrays, axis=-2) for arrays in zip(*parts, strict=True))
 
 
+@portable_errors
 def infer_chunk(reader: RasterReader, job: TileJob, task: ChunkTask, _after: object = None) -> ChunkResult:
     """Read a chunk's window, run the tiles it owns, and split the weighted sums by destination chunk.
 
@@ -351,6 +353,7 @@ def build_graph(
     return dsk
 
 
+@portable_errors
 def _write(
     outputs: Any, index: ChunkIndex, rows: Span, cols: Span, probs: np.ndarray, spill: Spill, heap: HeapGuard | None
 ) -> tuple[TileStats, int]:

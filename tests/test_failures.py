@@ -203,3 +203,21 @@ def test_a_slide_cut_before_its_first_directory_is_one_line(tmp_path: Path) -> N
         assert lines[0].startswith("tilewise: error: ") and cut.name in lines[0], lines[0]
         assert "not a readable TIFF" in lines[0] and "internal error" not in lines[0], lines[0]
     assert not list(tmp_path.glob("out.tif*"))
+
+
+def test_bad_input_on_a_cluster_is_the_same_one_line(tmp_path: Path) -> None:
+    """A task that fails on a worker process reaches the user as the threads' one error line: no worker log."""
+    import tifffile
+
+    path = write_geotiff(tmp_path / "big.tif", random_image((3, 512, 512), seed=9), compress="deflate")
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages.first.dataoffsets[40], tif.pages.first.databytecounts[40]
+    data = bytearray(path.read_bytes())
+    data[offset : offset + count] = bytes(count)  # a tile of zeros is not a deflate stream
+    path.write_bytes(bytes(data))
+    done = _cli("predict", path, tmp_path / "out.tif", "--model", DEMO_MODEL, "--cluster", "local:1", "--chunk", "128")
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("tilewise: error: failed to read") and "big.tif" in lines[0], lines[0]
+    assert not (tmp_path / "out.tif").exists()

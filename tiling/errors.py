@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
+from typing import Any, TypeVar
 
 #: Attribute under which ``attach_note`` keeps its notes on an exception (``BaseException.add_note`` needs 3.11).
 _NOTES = "tilewise_notes"
@@ -100,6 +102,25 @@ def write_failure(path: str | os.PathLike[str], error: OSError) -> WriteFailure:
 
 def _reason(error: OSError) -> str:
     return error.strerror or " ".join(str(error).split()) or type(error).__name__
+
+
+_Task = TypeVar("_Task", bound=Callable[..., Any])
+
+
+def portable_errors(task: _Task) -> _Task:
+    """A task whose ``TilewiseError`` crosses process boundaries whole. Dask's distributed workers pickle a
+    failed task's exception with its chained causes; a cause from a C library (rasterio's CPLE errors) does not
+    unpickle, and the client then receives a bare ``Exception`` naming it instead of the user's error."""
+
+    @functools.wraps(task)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return task(*args, **kwargs)
+        except TilewiseError as error:
+            error.__cause__ = error.__context__ = None
+            raise
+
+    return run  # type: ignore[return-value]
 
 
 def attach_note(error: BaseException, note: str) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import portable_errors
 from ..plan import ChunkPlan, Span
 from ..writers.encode import NODATA_UINT8, NODATA_UINT32
 from .growth import grow
@@ -117,6 +118,7 @@ def _window(
     return keys, labels
 
 
+@portable_errors
 def grow_and_measure(
     store: WorkStore, chunks: ChunkPlan, index: ChunkIndex, keymaps: dict[ChunkIndex, np.ndarray]
 ) -> None:
@@ -167,6 +169,7 @@ def number(store: WorkStore, chunks: ChunkPlan, joined: Joined) -> Objects:
     return Objects(ordered, np.arange(1, len(ordered) + 1, dtype=np.uint32), classes)
 
 
+@portable_errors
 def write_ids(store: WorkStore, chunks: ChunkPlan, index: ChunkIndex, keys: np.ndarray, ids: np.ndarray) -> None:
     """Write the chunk's instance ids (its objects' ``keys`` → ``ids``, both sorted by key), then flag it."""
     i, j = index
