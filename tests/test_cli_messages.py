@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 
 from pipeline import predict
 from tiling import OutputError
@@ -68,3 +70,37 @@ def test_errors_name_the_flag_on_the_command_line_and_the_argument_in_python(fil
     assert_one_line_error(code, err, 1, "already exists", "--overwrite")
     with pytest.raises(OutputError, match=r"overwrite=True"):
         predict(files["scene"], out, files["model"])
+
+
+def _cli(*args: object) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "pipeline.cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+
+
+def test_no_third_party_line_reaches_the_terminal(tmp_path: Path) -> None:
+    """Real processes (C-level output included): a PNG input, a slide with polygons and a COG run each print
+    only tilewise's own final line; a 4-band PNG for a 3-band model, one error line."""
+    from PIL import Image
+
+    model = make_checkpoint(tmp_path / "m.safetensors", tile=64)
+    rgb = random_image((3, 100, 120))
+    png = tmp_path / "photo.png"
+    Image.fromarray(np.moveaxis(rgb, 0, 2)).save(png)
+    slide = tmp_path / "slide.tif"
+    tifffile.imwrite(slide, np.moveaxis(rgb, 0, 2), photometric="rgb", resolution=(40000, 40000), resolutionunit=3)
+    scene = write_geotiff(tmp_path / "scene.tif", rgb)
+    runs = [
+        ("predict", png, tmp_path / "png.tif", "--model", model),
+        ("predict", slide, tmp_path / "slide.ome.tif", "--model", model, "--vector", tmp_path / "s.geojson"),
+        ("predict", scene, tmp_path / "scene_out.tif", "--model", model),
+    ]
+    for argv in runs:
+        done = _cli(*argv)
+        assert done.returncode == 0, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("wrote "), done.stderr
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(np.concatenate([np.moveaxis(rgb, 0, 2), np.full((100, 120, 1), 255, np.uint8)], axis=2)).save(rgba)
+    done = _cli("predict", rgba, tmp_path / "rgba.tif", "--model", model)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "4 available" in done.stderr and "--bands" in done.stderr
