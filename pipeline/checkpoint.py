@@ -139,6 +139,11 @@ def save_checkpoint(path: str | os.PathLike[str], model: UNet, card: ModelCard) 
     return path
 
 
+def weights_fingerprint(model: UNet) -> str:
+    """The SHA-256 of a model's weights, as its checkpoint's header would state it."""
+    return _weights_digest({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+
+
 def checkpoint_fingerprint(path: str | os.PathLike[str]) -> str:
     """The SHA-256 of a checkpoint's weights, from its header (identifies the model a run used)."""
     return _read_header(Path(path))[1]["weights_sha256"]

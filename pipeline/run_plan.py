@@ -36,7 +36,7 @@ from tiling.writers import (
 )
 
 from .budget import ChunkCost, ResourcePlan, parse_size, plan_resources
-from .checkpoint import Checkpoint, ModelCard, checkpoint_fingerprint, read_card
+from .checkpoint import Checkpoint, ModelCard, checkpoint_fingerprint, read_card, weights_fingerprint
 from .devices import check_precision, resolve_device
 from .graph import TileJob
 from .model import UNetConfig, activation_bytes_per_tile, macs_per_pixel, parameter_bytes
@@ -197,7 +197,8 @@ def _default_card(input: str | os.PathLike[str], opts: PredictOptions) -> ModelC
 def _model_id(model: ModelSource | None) -> str:
     if model is None:
         return "none"
-    return f"in-memory:{id(model)}" if isinstance(model, Checkpoint) else checkpoint_fingerprint(model)
+    # A model held in memory is its weights too: a run interrupted with it resumes with its checkpoint's path.
+    return weights_fingerprint(model.model) if isinstance(model, Checkpoint) else checkpoint_fingerprint(model)
 
 
 def _model_spec(model: ModelSource | None, device: str, opts: PredictOptions) -> ModelSpec:

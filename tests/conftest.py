@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,10 +20,14 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def shared_file(relative: str) -> Path:
-    """A file of ../shared/data, or skip the test with the reason."""
+    """A file of ../shared/data, or skip the test with the reason (fail it where ``TILEWISE_REAL_DATA=required``,
+    as CI sets it: CI has the data, so a skip there would hide a test that never ran)."""
     path = SHARED_DATA / relative
     if not path.exists():
-        pytest.skip(f"real data {relative} is not available (expected under {SHARED_DATA})")
+        reason = f"real data {relative} is not available (expected under {SHARED_DATA})"
+        if os.environ.get("TILEWISE_REAL_DATA") == "required":
+            pytest.fail(reason + "; TILEWISE_REAL_DATA=required")
+        pytest.skip(reason)
     return path
 
 

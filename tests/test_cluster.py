@@ -55,7 +55,6 @@ def test_cluster_output_equals_threads_and_each_worker_loads_the_model_once(file
 
 
 def test_gpu_tasks_on_a_cluster_without_gpus_fail_fast(files, cluster) -> None:
-    began = time.monotonic()
     with pytest.raises(OptionError, match="none of the cluster's 2 worker"):
         predict(
             files["scene"],
@@ -65,7 +64,6 @@ def test_gpu_tasks_on_a_cluster_without_gpus_fail_fast(files, cluster) -> None:
             device="cuda",
             **OPTIONS,
         )
-    assert time.monotonic() - began < 30
     assert not (files["folder"] / "gpu.zarr").exists()
 
 
@@ -106,12 +104,15 @@ def test_a_worker_killed_mid_run_costs_time_not_data(files) -> None:
     ):
         pids = client.run(os.getpid)
         killed: list[int] = []
+        unfinished_when_killed: list[int] = []
 
         def kill_one_worker_once_work_is_under_way() -> None:
             deadline = time.monotonic() + 120
+            flags = np.zeros(0)
             while time.monotonic() < deadline:
                 try:
-                    if zarr.open_group(str(store), mode="r")["done"][:].sum() >= 2:
+                    flags = zarr.open_group(str(store), mode="r")["done"][:]
+                    if flags.sum() >= 2:
                         break
                 except Exception:
                     pass
@@ -119,12 +120,14 @@ def test_a_worker_killed_mid_run_costs_time_not_data(files) -> None:
             pid = next(iter(pids.values()))
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
+            unfinished_when_killed.append(int(flags.size - flags.sum()))
 
         killer = threading.Thread(target=kill_one_worker_once_work_is_under_way)
         killer.start()
         report = predict(files["scene"], out, files["model"], scheduler=c.scheduler_address, **OPTIONS)
         killer.join()
     assert killed, "no worker was killed"
+    assert unfinished_when_killed[0] > 0, "the run had finished before the worker was killed"
     assert report.chunks_computed == report.chunks
     np.testing.assert_allclose(_probs(out), _probs(files["reference"]), atol=1e-5, rtol=0)
 
@@ -174,3 +177,50 @@ def test_local_workers_keep_glibcs_adaptive_mmap_threshold() -> None:
         names = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX", "GDAL_CACHEMAX")
         env = client.run(lambda: {k: os.environ.get(k) for k in names})
     assert list(env.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "MALLOC_ARENA_MAX": "2", "GDAL_CACHEMAX": "64"}]
+
+
+def test_slides_and_zarr_inputs_travel_to_the_workers(files, cluster) -> None:
+    """The readers are pickled into the graph and reopen their files on the workers: a TIFF slide read at a
+    resampled pixel size, and a Zarr array, give the threads' output."""
+    import tifffile
+
+    image = random_image((3, 320, 400), seed=31)
+    slide = files["folder"] / "slide.tif"
+    tifffile.imwrite(slide, np.moveaxis(image, 0, 2), photometric="rgb", resolution=(40000, 40000), resolutionunit=3)
+    array = files["folder"] / "image.zarr"
+    zarr.create_array(str(array), data=image, chunks=(3, 100, 100))
+    for source, extra in ((slide, {"mpp": 0.4}), (array, {})):
+        threads = files["folder"] / f"threads-{source.stem}.zarr"
+        workers = files["folder"] / f"workers-{source.stem}.zarr"
+        predict(source, threads, files["model"], **OPTIONS, **extra)
+        predict(source, workers, files["model"], scheduler=cluster.scheduler_address, **OPTIONS, **extra)
+        np.testing.assert_allclose(_probs(workers), _probs(threads), atol=1e-5, rtol=0, err_msg=source.name)
+
+
+def test_a_masked_run_interrupted_on_threads_resumes_on_the_cluster(files, cluster, tmp_path: Path) -> None:
+    from pipeline import load_checkpoint
+
+    mask = write_geotiff(tmp_path / "mask.tif", (random_image((1, 320, 400), seed=5) > 128).astype(np.uint8))
+    options = {**OPTIONS, "mask": str(mask)}
+    reference = tmp_path / "ref.zarr"
+    predict(files["scene"], reference, files["model"], **options)
+    checkpoint = load_checkpoint(files["model"])
+    calls = {"n": 0}
+
+    def stop(_module, _inputs, _output):
+        calls["n"] += 1
+        if calls["n"] > 10:
+            raise KeyboardInterrupt
+
+    handle = checkpoint.model.register_forward_hook(stop)
+    out = tmp_path / "out.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        predict(files["scene"], out, checkpoint, workers=1, batch_size=1, **options)
+    handle.remove()
+    flags = zarr.open_group(str(out) + ".partial", mode="r")["done"][:]
+    assert 0 < flags.sum() < flags.size
+    # The interrupted run held its model in memory; the resume names the same checkpoint file, so the run
+    # record's model (its weights' checksum) is compared, not the object.
+    report = predict(files["scene"], out, files["model"], scheduler=cluster.scheduler_address, resume=True, **options)
+    assert report.resumed and report.chunks_computed == flags.size - flags.sum()
+    np.testing.assert_allclose(_probs(out), _probs(reference), atol=1e-5, rtol=0)

@@ -17,7 +17,10 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path: Path) -> None:
     values = load_config(path, "predict", [*PredictOptions.names(), "model"])
-    PredictOptions().updated(**values)
+    options = PredictOptions().updated(**values)
+    for key, value in values.items():
+        if key != "model":
+            assert getattr(options, key) == value, key
 
 
 def test_there_is_a_config_per_use_case() -> None:

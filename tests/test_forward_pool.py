@@ -38,6 +38,14 @@ class Recorder:
         return np.array([[[[y * 1000 + x]]] for y, x in origins], np.float32)
 
 
+def _wait_until(condition) -> None:
+    """Wait for another thread to reach a state (the deadline only keeps a broken test from hanging)."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, "the state was never reached"
+        time.sleep(0.001)
+
+
 def _collect(pool: ForwardPool, request: TileRequest, threads: int, out: dict, key: str) -> None:
     out[key] = [(origins, probs) for origins, probs in pool.run(request, threads)]
 
@@ -87,9 +95,9 @@ def test_the_most_urgent_request_is_served_first_then_the_oldest(priorities: tup
     results: dict = {}
     callers = [threading.Thread(target=_collect, args=(pool, r, 1, results, k)) for k, r in requests.items()]
     callers[0].start()
-    time.sleep(0.05)
+    _wait_until(lambda: requests["a"].taken > 0)  # a thread holds "a"'s first batch
     callers[1].start()
-    time.sleep(0.05)
+    _wait_until(lambda: requests["b"] in pool._requests)
     gate.set()
     for caller in callers:
         caller.join(timeout=30)
@@ -103,7 +111,6 @@ def test_an_error_reaches_its_caller_and_drops_the_rest_of_its_tiles() -> None:
     pool = ForwardPool(lambda: 1, recorder)
     with pytest.raises(ValueError, match=r"bad tile \(0, 2\)"):
         list(pool.run(_request([(0, x) for x in range(40)]), threads=1))
-    time.sleep(0.1)
     ran = [o for _, _, origins in recorder.calls for o in origins]
     assert len(ran) < 40  # the failed request's later tiles were not run
     # The pool goes on serving other requests.

@@ -49,8 +49,11 @@ def test_tile_the_depth_cannot_halve_is_refused_with_the_nearest_sizes(tile: int
         UNetConfig(depth=4).check_tile(tile)
 
 
-def test_valid_tile_passes() -> None:
-    UNetConfig(depth=4).check_tile(256)
+@pytest.mark.parametrize("tile", [16, 32, 256, 272])
+def test_valid_tiles_pass_and_keep_their_size(tile: int) -> None:
+    UNetConfig(depth=4).check_tile(tile)  # raises for a tile the depth cannot halve
+    model = build_model(base_width=2, depth=4)
+    assert model(torch.zeros(1, 3, tile, tile)).shape == (1, 1, tile, tile)
 
 
 @pytest.mark.parametrize("bad", [{"depth": 0}, {"classes": 0}, {"upsampling": "nearest"}])

@@ -1,7 +1,7 @@
 """Tile geometry, blending, raster readers and writers: everything of tilewise that needs no torch."""
 
 from .blend import Accumulator, Contribution, blend
-from .errors import CheckpointError, InputError, OptionError, OutputError, TilewiseError
+from .errors import CheckpointError, InputError, OptionError, OutputError, TilewiseError, TilewiseWarning, WriteFailure
 from .grid import Tile, TileGrid, axis_origins, resolve_overlap
 from .normalize import Normalization
 from .plan import AxisPlan, ChunkPlan, Span
@@ -25,6 +25,8 @@ __all__ = [
     "Tile",
     "TileGrid",
     "TilewiseError",
+    "TilewiseWarning",
+    "WriteFailure",
     "axis_origins",
     "blend",
     "open_raster",

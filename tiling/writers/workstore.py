@@ -87,7 +87,11 @@ class WorkStore:
     ) -> WorkStore:
         """A new, empty store at ``location`` (anything already there is replaced)."""
         info = content.info
-        paths = {**paths, **{layer.name: f"{WORK}/{layer.name}" for layer in content.work_layers}}
+        paths = {
+            **{layer.name: layer.name for layer in content.layers},
+            **paths,
+            **{layer.name: f"{WORK}/{layer.name}" for layer in content.work_layers},
+        }
         try:
             group = location.open_group(mode="w", zarr_format=3, attributes={**attributes, RUN_KEY: run})
             for layer in (*content.layers, *content.work_layers):
