@@ -2,7 +2,8 @@
 
     survey    = one streaming pass: band mean/std (the checkpoint's normalisation), where each class lies
     per epoch: steps_per_epoch batches of random tiles (augmented) → AdamW step → schedule step
-               validation on a fixed grid → metrics CSV row, learning-curve PNG, resume file
+               validation on a fixed grid, through prediction's forward pass (``validation``)
+               → metrics CSV row, learning-curve PNG, resume file
                the best epoch (mean validation Dice) is saved as the checkpoint
 
 Batches are drawn from generators seeded by (seed, epoch, step), so a run is reproducible on a CPU and a
@@ -39,12 +40,13 @@ from ..model import UNet, UNetConfig, build_model
 from .augment import Augmentation
 from .data import Pair, Survey, TileSampler, grid_tiles, open_pairs, read_tile, survey
 from .losses import Loss, make_loss
-from .masks import IGNORE, MaskEncoding
-from .metrics import Confusion, Scores
+from .masks import MaskEncoding
+from .metrics import Scores
 from .options import TrainOptions, options_from_config
 from .paths import expand_paths
 from .records import plot_curves, read_metrics, write_metrics
 from .state import fingerprint, load_state, save_state
+from .validation import validate
 
 #: Batches prepared ahead of the training step by a reader thread.
 PREFETCH = 2
@@ -246,6 +248,7 @@ class _Run:
         else:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, total, eta_min=opts.lr / 100)
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        self.val_tiles = list(grid_tiles(val_pairs, opts.tile, resolve_overlap(opts.val_overlap, opts.tile)))
         self.history: list[dict[str, Any]] = []
         self.best_scores: Scores | None = None
         self.best_checkpoint: Checkpoint | None = None  # the saved best model, in memory (None after a resume)
@@ -326,36 +329,19 @@ class _Run:
             bar.set_postfix(loss=f"{value:.4f}")
         return total / max(steps, 1)
 
-    @torch.no_grad()
     def _validate(self) -> tuple[float, Scores]:
-        """Loss and scores on the fixed validation grid; each pixel is scored once (see ``grid_tiles``)."""
-        self.model.eval()
-        classes = len(self.opts.class_names)
-        confusion = Confusion(classes)
-        overlap = resolve_overlap(self.opts.val_overlap, self.opts.tile)
-        loss_sum, weight = 0.0, 0
-        tiles = list(grid_tiles(self.val_pairs, self.opts.tile, overlap))
-        for start in range(0, len(tiles), self.opts.batch_size):
-            group = tiles[start : start + self.opts.batch_size]
-            images, labels = [], []
-            for t in group:
-                image, label = read_tile(self.val_pairs[t.pair], t.row, t.col, self.opts.tile, self.found.normalization)
-                scored = np.full_like(label, IGNORE)
-                scored[t.own_rows, t.own_cols] = label[t.own_rows, t.own_cols]
-                images.append(image)
-                labels.append(scored)
-            x = torch.from_numpy(np.stack(images)).to(self.device)
-            y = torch.from_numpy(np.stack(labels)).to(self.device)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-                logits = self.model(x)
-            logits = logits.float()
-            labelled = int((y != IGNORE).sum())
-            if labelled:
-                loss_sum += float(self.loss(logits, y)) * labelled
-                weight += labelled
-            predicted = (logits[:, 0] > 0).long() if self.opts.binary else logits.argmax(dim=1)
-            confusion.add(predicted.cpu().numpy(), y.cpu().numpy())
-        return (loss_sum / weight if weight else math.nan), confusion.scores(self.opts.class_names)
+        return validate(
+            self.model,
+            self.val_pairs,
+            self.val_tiles,
+            self.opts.tile,
+            self.found.normalization,
+            self.loss,
+            self.opts.class_names,
+            self.opts.batch_size,
+            self.device,
+            self.amp,
+        )
 
     # -- files -----------------------------------------------------------------------------------------------
 
