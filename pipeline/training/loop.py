@@ -1,7 +1,7 @@
 """``train``: image/mask rasters in, a checkpoint that ``predict`` reads out.
 
     survey    = one streaming pass: band mean/std (the checkpoint's normalisation), where each class lies
-    per epoch: steps_per_epoch batches of random tiles (augmented) → AdamW step → schedule step
+    per epoch: steps_per_epoch batches of random tiles (augmented) → AdamW step → schedule step (``learner``)
                validation on a fixed grid, through prediction's forward pass (``validation``)
                → metrics CSV row, learning-curve PNG, resume file
                the best epoch (mean validation Dice) is saved as the checkpoint
@@ -36,9 +36,10 @@ from tiling.normalize import Normalization
 
 from ..checkpoint import Checkpoint, ModelCard, save_checkpoint
 from ..devices import resolve_device
-from ..model import UNet, UNetConfig, build_model
+from ..model import UNetConfig, build_model
 from .augment import Augmentation
 from .data import Pair, Survey, TileSampler, grid_tiles, open_pairs, read_tile, survey
+from .learner import build_learner
 from .losses import Loss, make_loss
 from .masks import MaskEncoding
 from .metrics import Scores
@@ -207,7 +208,7 @@ def _amp(mode: str, device: str) -> bool:
 
 
 class _Run:
-    """One training run's state: model, optimiser, schedule and record."""
+    """One training run's state: the learner (model, optimiser, schedule, scaler) and the record."""
 
     def __init__(
         self,
@@ -237,17 +238,7 @@ class _Run:
         )
         self.class_weights = _class_weights(opts.class_weights, found.class_counts)
         self.loss: Loss = make_loss(opts.loss_name, opts.binary, self.class_weights)
-        torch.manual_seed(opts.seed)
-        self.model: UNet = build_model(config).to(device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-        total = opts.epochs * opts.steps_per_epoch
-        if opts.schedule == "onecycle":
-            self.scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
-                self.optimizer, max_lr=opts.lr, total_steps=total
-            )
-        else:
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, total, eta_min=opts.lr / 100)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        self.learner = build_learner(opts, config, device, amp)
         self.val_tiles = list(grid_tiles(val_pairs, opts.tile, resolve_overlap(opts.val_overlap, opts.tile)))
         self.history: list[dict[str, Any]] = []
         self.best_scores: Scores | None = None
@@ -282,7 +273,7 @@ class _Run:
             val_loss, scores = self._validate()
             row: dict[str, Any] = {
                 "epoch": epoch,
-                "lr": self.scheduler.get_last_lr()[0],
+                "lr": self.learner.lr,
                 "train_loss": train_loss,
                 "val_loss": val_loss,
                 **scores.as_row(),
@@ -301,7 +292,7 @@ class _Run:
         return self.history
 
     def _train_epoch(self, epoch: int) -> float:
-        self.model.train()
+        self.learner.model.train()
         total, steps = 0.0, 0
         bar = tqdm(
             self._batches(epoch),
@@ -312,16 +303,7 @@ class _Run:
             leave=False,
         )
         for images, labels in bar:
-            images, labels = images.to(self.device), labels.to(self.device)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-                logits = self.model(images)
-            loss = self.loss(logits.float(), labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            value = float(loss.detach())
+            value = self.learner.step(images.to(self.device), labels.to(self.device), self.loss)
             if not math.isfinite(value):
                 raise OptionError(f"the training loss became {value} at epoch {epoch}; lower lr (now {self.opts.lr})")
             total += value
@@ -331,7 +313,7 @@ class _Run:
 
     def _validate(self) -> tuple[float, Scores]:
         return validate(
-            self.model,
+            self.learner.model,
             self.val_pairs,
             self.val_tiles,
             self.opts.tile,
@@ -369,31 +351,17 @@ class _Run:
             info=json.loads(json.dumps(info, allow_nan=True)),
         )
         model = build_model(self.config)
-        model.load_state_dict({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        model.load_state_dict({k: v.detach().cpu() for k, v in self.learner.model.state_dict().items()})
         save_checkpoint(self.files.checkpoint, model, card)
         self.best_checkpoint = Checkpoint(model.eval(), card)
 
     def _save_state(self, epoch: int) -> None:
-        save_state(
-            self.files.state,
-            {
-                "settings": json.dumps(self.settings),
-                "epoch": epoch,
-                "best": self.best,
-                "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-            },
-        )
+        state = {"settings": json.dumps(self.settings), "epoch": epoch, "best": self.best}
+        save_state(self.files.state, {**state, **self.learner.state_dict()})
 
     def _resume(self) -> None:
         state = load_state(self.files.state, self.settings)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
+        self.learner.load_state_dict(state)
         self.start_epoch = int(state["epoch"]) + 1
         self.history = [r for r in read_metrics(self.files.metrics) if int(r["epoch"]) < self.start_epoch]
         self.best = float(state["best"])
