@@ -15,11 +15,11 @@ from pipeline.cli import main
 from pipeline.training import data as training_data
 from pipeline.training.augment import Augmentation
 from pipeline.training.data import TileSampler, open_pairs, read_tile, survey
-from pipeline.training.loop import _class_weights
 from pipeline.training.losses import LOSSES, make_loss
 from pipeline.training.masks import IGNORE, MaskEncoding
 from pipeline.training.metrics import Confusion
 from pipeline.training.paths import expand_paths
+from pipeline.training.run import class_weights
 from sample_data.scene import synthesize
 from tiling.errors import InputError
 
@@ -34,6 +34,7 @@ TINY = {
     "class_names": ("background", "building"),
     "threads": 2,
     "plot": False,
+    "loader_workers": 0,  # workers are tested in test_train_loader.py; here they would only add start-up time
 }
 PALETTE = {"land": "#8429F6", "road": "#6EC1E4", "building": "#3C1098"}
 
@@ -246,7 +247,7 @@ def test_class_weights() -> None:
     per_pixel = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], labels.float(), reduction="none")
     w = torch.where(labels == 1, 3.0, 1.0)
     torch.testing.assert_close(make_loss("bce", True, [1.0, 3.0])(logits, labels), (per_pixel * w).sum() / w.sum())
-    assert _class_weights("balanced", np.array([75, 25, 0])) == pytest.approx([2 / 3, 2.0, 1.0])
+    assert class_weights("balanced", np.array([75, 25, 0])) == pytest.approx([2 / 3, 2.0, 1.0])
     with pytest.raises(Exception, match="class_weights"):
         TrainOptions(class_weights=(1.0,))
 
@@ -290,7 +291,8 @@ def test_paths_expand_ranges_and_globs(tmp_path: Path) -> None:
 # -- bad input through the CLI ---------------------------------------------------------------------------------
 
 
-TINY_FLAGS = ["--base-width", "4", "--depth", "2", "--tile", "64", "--epochs", "1", "--steps-per-epoch", "1"]
+TINY_FLAGS = ["--base-width", "4", "--depth", "2", "--tile", "64", "--epochs", "1", "--steps-per-epoch", "1",
+              "--loader-workers", "0"]  # fmt: skip
 
 
 def test_image_mask_size_mismatch(scene, tmp_path: Path, capsys) -> None:

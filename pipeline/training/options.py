@@ -18,6 +18,11 @@ BINARY_LOSSES = ("bce", "dice", "bce+dice")
 MULTICLASS_LOSSES = ("ce", "ce+dice")
 SCHEDULES = ("cosine", "onecycle")
 AMP_MODES = ("auto", "on", "off")
+#: Default number of processes building training batches beside the training step (0: the step builds them).
+#: Measured on a two-core machine with the sample_data and ISBI configs: one worker, overlapping batch
+#: building with the step's torch threads, was the fastest in wall time and no dearer in CPU time than none;
+#: more workers only compete with the step for the same cores.
+LOADER_WORKERS = 1
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class TrainOptions(UpdatableOptions):
     device: str = "auto"
     amp: str = "auto"
     threads: int | None = None
+    loader_workers: int = LOADER_WORKERS  # processes building batches (0: in the training process)
     # output
     resume: bool = False
     overwrite: bool = False
@@ -95,6 +101,8 @@ class TrainOptions(UpdatableOptions):
             _positive_int(getattr(self, name), name)
         if self.threads is not None:
             _positive_int(self.threads, "threads")
+        if isinstance(self.loader_workers, bool) or not isinstance(self.loader_workers, int) or self.loader_workers < 0:
+            raise OptionError(f"loader_workers must be a whole number ≥ 0, got {self.loader_workers!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise OptionError(f"seed must be a whole number ≥ 0, got {self.seed!r}")
         _choice(self.mask_encoding, MASK_ENCODINGS, "mask_encoding")
