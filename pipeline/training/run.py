@@ -22,14 +22,14 @@ from ..checkpoint import Checkpoint, ModelCard, save_checkpoint
 from ..model import UNetConfig, build_model
 from .augment import Augmentation
 from .batches import Batch, BatchSpec, BatchStream, TrainingBatches, loading
-from .data import Pair, Survey, TileSampler, grid_tiles
+from .data import Pair, Survey, TileSampler
 from .learner import build_learner
 from .losses import Loss, make_loss
 from .metrics import Scores
 from .options import TrainOptions
 from .records import plot_curves, read_metrics, write_metrics
 from .state import load_state, save_state
-from .validation import validate
+from .validation import ValidationGrid, validate
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class Run:
         settings: dict[str, Any],
         on_epoch: Callable[[dict[str, Any]], None] | None,
     ) -> None:
-        self.opts, self.config, self.pairs, self.val_pairs = opts, config, pairs, val_pairs
+        self.opts, self.config, self.pairs = opts, config, pairs
         self.found, self.device, self.amp, self.files, self.settings = found, device, amp, files, settings
         self.on_epoch = on_epoch
         augment = Augmentation(
@@ -90,7 +90,10 @@ class Run:
         spec = BatchSpec(opts.seed, opts.epochs, opts.steps_per_epoch, opts.batch_size, opts.tile)
         sampler = TileSampler(pairs, found, opts.tile, opts.oversample)
         self.batches = TrainingBatches(spec, pairs, sampler, found.normalization, augment)
-        self.val_tiles = list(grid_tiles(val_pairs, opts.tile, resolve_overlap(opts.val_overlap, opts.tile)))
+        overlap = resolve_overlap(opts.val_overlap, opts.tile)
+        self.validation = ValidationGrid.over(
+            val_pairs, opts.tile, overlap, found.normalization, opts.class_names, opts.batch_size
+        )
         self.class_weights = class_weights(opts.class_weights, found.class_counts)
         self.loss: Loss = make_loss(opts.loss_name, opts.binary, self.class_weights)
         self.learner = build_learner(opts, config, device, amp)
@@ -116,18 +119,7 @@ class Run:
             for epoch in range(self.start_epoch, self.opts.epochs + 1):
                 began = time.perf_counter()
                 train_loss = self._train_epoch(epoch, itertools.islice(batches, self.opts.steps_per_epoch))
-                val_loss, scores = validate(
-                    self.learner.model,
-                    self.val_pairs,
-                    self.val_tiles,
-                    self.opts.tile,
-                    self.found.normalization,
-                    self.loss,
-                    self.opts.class_names,
-                    self.opts.batch_size,
-                    self.device,
-                    self.amp,
-                )
+                val_loss, scores = validate(self.learner.model, self.validation, self.loss, self.device, self.amp)
                 row: dict[str, Any] = {
                     "epoch": epoch,
                     "lr": self.learner.lr,

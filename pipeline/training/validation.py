@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,34 +18,48 @@ from tiling.errors import OptionError
 from tiling.normalize import Normalization
 from tiling.writers.encode import NODATA_UINT8
 
-from .data import GridTile, Pair, read_raw_tile
+from .data import GridTile, Pair, grid_tiles, read_raw_tile
 from .forward import forward_logits, normalised_on_device, predicted_labels
 from .losses import Loss
 from .masks import IGNORE
 from .metrics import Confusion, Scores
 
 
+@dataclass(frozen=True)
+class ValidationGrid:
+    """What validation runs on: the fixed grid of ``tile``-pixel tiles over ``pairs``, read ``batch_size`` at a
+    time, normalised with the training set's ``normalization``."""
+
+    pairs: Sequence[Pair]
+    tiles: tuple[GridTile, ...]
+    tile: int
+    normalization: Normalization
+    class_names: tuple[str, ...]
+    batch_size: int
+
+    @classmethod
+    def over(
+        cls,
+        pairs: Sequence[Pair],
+        tile: int,
+        overlap: int,
+        normalization: Normalization,
+        class_names: Sequence[str],
+        batch_size: int,
+    ) -> ValidationGrid:
+        tiles = tuple(grid_tiles(pairs, tile, overlap))
+        return cls(pairs, tiles, tile, normalization, tuple(class_names), batch_size)
+
+
 @torch.no_grad()
-def validate(
-    model: nn.Module,
-    pairs: Sequence[Pair],
-    tiles: Sequence[GridTile],
-    tile: int,
-    normalization: Normalization,
-    loss: Loss,
-    class_names: Sequence[str],
-    batch_size: int,
-    device: str,
-    amp: bool,
-) -> tuple[float, Scores]:
-    """Loss and scores of ``model`` (put in eval mode) on the ``tile``-pixel ``tiles`` of ``pairs``, ``batch_size``
-    at a time."""
+def validate(model: nn.Module, grid: ValidationGrid, loss: Loss, device: str, amp: bool) -> tuple[float, Scores]:
+    """Loss and scores of ``model`` (put in eval mode) on ``grid``."""
     model.eval()
-    confusion = Confusion(len(class_names))
+    confusion = Confusion(len(grid.class_names))
     loss_sum, weight = 0.0, 0
-    for start in range(0, len(tiles), batch_size):
-        raw, valid, labels = _read_group(pairs, tiles[start : start + batch_size], tile)
-        x = normalised_on_device(raw, valid, normalization, device)
+    for start in range(0, len(grid.tiles), grid.batch_size):
+        raw, valid, labels = _read_group(grid.pairs, grid.tiles[start : start + grid.batch_size], grid.tile)
+        x = normalised_on_device(raw, valid, grid.normalization, device)
         y = torch.from_numpy(labels).to(device)
         logits = forward_logits(model, x, amp)
         labelled = int((y != IGNORE).sum())
@@ -55,7 +70,7 @@ def validate(
         if (predicted == NODATA_UINT8).any():
             raise OptionError("the model's validation probabilities became NaN; lower lr")
         confusion.add(predicted, labels)
-    return (loss_sum / weight if weight else math.nan), confusion.scores(class_names)
+    return (loss_sum / weight if weight else math.nan), confusion.scores(grid.class_names)
 
 
 def _read_group(
