@@ -248,7 +248,7 @@ def _add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     t.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     t.add_argument("--amp", help="mixed precision on CUDA: auto (default), on or off")
     t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    t.add_argument("--loader-workers", type=int, help="processes building training batches (0: none; default 1)")
+    t.add_argument("--loader-workers", type=int, help="worker processes building training batches (default 0: none)")
     t.add_argument("--resume", action="store_true", default=None, help="continue from the resume file beside --out")
     t.add_argument("--overwrite", action="store_true", default=None, help="replace an existing checkpoint")
     t.add_argument("--plot", action=argparse.BooleanOptionalAction, default=None, help="learning-curve PNG")

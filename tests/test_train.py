@@ -34,7 +34,6 @@ TINY = {
     "class_names": ("background", "building"),
     "threads": 2,
     "plot": False,
-    "loader_workers": 0,  # workers are tested in test_train_loader.py; here they would only add start-up time
 }
 PALETTE = {"land": "#8429F6", "road": "#6EC1E4", "building": "#3C1098"}
 
@@ -123,9 +122,10 @@ def test_resume_with_other_settings_is_refused(scene, tmp_path: Path, capsys) ->
     out = tmp_path / "m.safetensors"
     flags = ["--images", image, "--masks", mask, "--out", out, "--epochs", "1", "--steps-per-epoch", "1"]
     tiny = ["--base-width", "4", "--depth", "2", "--tile", "64", "--class-names", "background", "building"]
-    assert run_cli(capsys, "train", *flags, *tiny, "--no-plot")[0] == 0
-    code, err = run_cli(capsys, "train", *flags, *tiny, "--resume", "--lr", "0.5")
+    assert run_cli(capsys, "train", *flags, *tiny, "--no-plot", "--loader-workers", "1")[0] == 0
+    code, err = run_cli(capsys, "train", *flags, *tiny, "--resume", "--lr", "0.5")  # and no loader workers
     assert_one_line_error(code, err, "cannot resume", "lr")
+    assert "loader" not in err  # the number of workers cannot change the run
     code, err = run_cli(capsys, "train", *flags, *tiny)
     assert_one_line_error(code, err, "already exists", "--overwrite")
 
@@ -291,8 +291,7 @@ def test_paths_expand_ranges_and_globs(tmp_path: Path) -> None:
 # -- bad input through the CLI ---------------------------------------------------------------------------------
 
 
-TINY_FLAGS = ["--base-width", "4", "--depth", "2", "--tile", "64", "--epochs", "1", "--steps-per-epoch", "1",
-              "--loader-workers", "0"]  # fmt: skip
+TINY_FLAGS = ["--base-width", "4", "--depth", "2", "--tile", "64", "--epochs", "1", "--steps-per-epoch", "1"]
 
 
 def test_image_mask_size_mismatch(scene, tmp_path: Path, capsys) -> None:

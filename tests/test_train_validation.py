@@ -21,8 +21,7 @@ from tiling.writers.encode import to_labels
 from .conftest import write_geotiff
 
 NAMES = ("background", "building")
-TINY = {"base_width": 4, "depth": 2, "tile": 64, "batch_size": 4, "class_names": NAMES, "threads": 2, "plot": False,
-        "loader_workers": 0}  # fmt: skip
+TINY = {"base_width": 4, "depth": 2, "tile": 64, "batch_size": 4, "class_names": NAMES, "threads": 2, "plot": False}
 
 
 def test_validation_scores_are_those_of_predictions_labels(tmp_path: Path) -> None:

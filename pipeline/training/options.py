@@ -18,11 +18,12 @@ BINARY_LOSSES = ("bce", "dice", "bce+dice")
 MULTICLASS_LOSSES = ("ce", "ce+dice")
 SCHEDULES = ("cosine", "onecycle")
 AMP_MODES = ("auto", "on", "off")
-#: Default number of processes building training batches beside the training step (0: the step builds them).
-#: Measured on a two-core machine with the sample_data and ISBI configs: one worker, overlapping batch
-#: building with the step's torch threads, was the fastest in wall time and no dearer in CPU time than none;
-#: more workers only compete with the step for the same cores.
-LOADER_WORKERS = 1
+#: Default number of processes building training batches beside the training step (0: the step's process builds
+#: them between steps). Measured on a two-core machine with the sample_data and ISBI configs: none was as fast as
+#: one worker and cheaper in CPU time, and two were the slowest. The step's torch threads already keep both
+#: cores busy, a batch costs little next to a step, and each worker first pays a process start (importing torch)
+#: and then competes with the step for the same cores. On a machine with cores to spare (a GPU host), raise it.
+LOADER_WORKERS = 0
 
 
 @dataclass(frozen=True)
