@@ -271,6 +271,7 @@ def add_train(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
     g.add_argument("--amp", choices=("auto", "on", "off"), help="mixed precision (default: auto)")
     g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    g.add_argument("--loader-workers", type=int, help="processes building training batches (default: 0, none)")
     g.add_argument("--resume", action="store_true", default=None, help="continue from the resume file beside --out")
     g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing checkpoint")
     g.add_argument("--plot", action=argparse.BooleanOptionalAction, default=None, help="learning-curve PNG (on)")

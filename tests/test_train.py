@@ -15,11 +15,11 @@ from pipeline.cli import main
 from pipeline.training import data as training_data
 from pipeline.training.augment import Augmentation
 from pipeline.training.data import TileSampler, open_pairs, read_tile, survey
-from pipeline.training.loop import _class_weights
 from pipeline.training.losses import LOSSES, make_loss
 from pipeline.training.masks import IGNORE, MaskEncoding
 from pipeline.training.metrics import Confusion
 from pipeline.training.paths import expand_paths
+from pipeline.training.run import class_weights
 from sample_data.scene import synthesize
 from tiling.errors import InputError
 
@@ -122,9 +122,10 @@ def test_resume_with_other_settings_is_refused(scene, tmp_path: Path, capsys) ->
     out = tmp_path / "m.safetensors"
     flags = ["--images", image, "--masks", mask, "--out", out, "--epochs", "1", "--steps-per-epoch", "1"]
     tiny = ["--base-width", "4", "--depth", "2", "--tile", "64", "--class-names", "background", "building"]
-    assert run_cli(capsys, "train", *flags, *tiny, "--no-plot")[0] == 0
-    code, err = run_cli(capsys, "train", *flags, *tiny, "--resume", "--lr", "0.5")
+    assert run_cli(capsys, "train", *flags, *tiny, "--no-plot", "--loader-workers", "1")[0] == 0
+    code, err = run_cli(capsys, "train", *flags, *tiny, "--resume", "--lr", "0.5")  # and no loader workers
     assert_one_line_error(code, err, "cannot resume", "lr")
+    assert "loader" not in err  # the number of workers cannot change the run
     code, err = run_cli(capsys, "train", *flags, *tiny)
     assert_one_line_error(code, err, "already exists", "--overwrite")
 
@@ -246,7 +247,7 @@ def test_class_weights() -> None:
     per_pixel = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], labels.float(), reduction="none")
     w = torch.where(labels == 1, 3.0, 1.0)
     torch.testing.assert_close(make_loss("bce", True, [1.0, 3.0])(logits, labels), (per_pixel * w).sum() / w.sum())
-    assert _class_weights("balanced", np.array([75, 25, 0])) == pytest.approx([2 / 3, 2.0, 1.0])
+    assert class_weights("balanced", np.array([75, 25, 0])) == pytest.approx([2 / 3, 2.0, 1.0])
     with pytest.raises(Exception, match="class_weights"):
         TrainOptions(class_weights=(1.0,))
 

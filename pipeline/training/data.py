@@ -46,13 +46,13 @@ class Pair:
     def name(self) -> str:
         return self.image.info.path
 
-    def read(self, rows: Span, cols: Span, normalization: Normalization) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised image (bands, h, w) float32 and labels (h, w) int64 of a window inside the raster;
-        pixels whose image is invalid are labelled ``IGNORE``."""
+    def read_raw(self, rows: Span, cols: Span) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Raw image (bands, h, w) as stored, its validity (h, w) and labels (h, w) int64 of a window inside
+        the raster; pixels whose image is invalid are labelled ``IGNORE``."""
         data, valid = self.image.read(rows, cols)
         labels = self.decode(rows, cols)
         labels[~valid] = IGNORE
-        return normalization.apply(data, valid), labels
+        return data, valid, labels
 
     def decode(self, rows: Span, cols: Span) -> np.ndarray:
         raw, valid = self.mask.read(rows, cols)
@@ -216,17 +216,27 @@ class TileSampler:
 
 
 def read_tile(pair: Pair, row: int, col: int, tile: int, normalization: Normalization) -> tuple[np.ndarray, np.ndarray]:
-    """A ``tile``² window at (row, col); parts outside the raster are 0 in the image and ``IGNORE`` in labels."""
-    image = np.zeros((len(pair.image.bands), tile, tile), dtype=np.float32)
-    labels = np.full((tile, tile), IGNORE, dtype=np.int64)
+    """A normalised ``tile``² window at (row, col) (float32) and its labels; parts outside the raster are 0 in
+    the image and ``IGNORE`` in labels."""
+    raw, valid, labels = read_raw_tile(pair, row, col, tile)
+    return normalization.apply(raw, valid), labels
+
+
+def read_raw_tile(pair: Pair, row: int, col: int, tile: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A ``tile``² window at (row, col) as stored, its validity and its labels; parts outside the raster are
+    0 and invalid in the image and ``IGNORE`` in labels."""
     rows = Span(max(row, 0), min(row + tile, pair.height))
     cols = Span(max(col, 0), min(col + tile, pair.width))
-    data, lab = pair.read(rows, cols, normalization)
+    data, inside_valid, inside_labels = pair.read_raw(rows, cols)
+    image = np.zeros((len(pair.image.bands), tile, tile), dtype=data.dtype)
+    valid = np.zeros((tile, tile), dtype=bool)
+    labels = np.full((tile, tile), IGNORE, dtype=np.int64)
     ys = slice(rows.start - row, rows.stop - row)
     xs = slice(cols.start - col, cols.stop - col)
     image[:, ys, xs] = data
-    labels[ys, xs] = lab
-    return image, labels
+    valid[ys, xs] = inside_valid
+    labels[ys, xs] = inside_labels
+    return image, valid, labels
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from .options import TrainOptions
 FORMAT = "tilewise-train-state"
 VERSION = 1
 #: Options that may change between a run and its resumption (they do not change the result).
-FREE_TO_CHANGE = {"resume", "overwrite", "progress", "plot", "device", "amp", "threads", "out"}
+FREE_TO_CHANGE = {"resume", "overwrite", "progress", "plot", "device", "amp", "threads", "loader_workers", "out"}
 
 
 def fingerprint(opts: TrainOptions, images: list[str], masks: list[str], val: list[str]) -> dict[str, Any]:

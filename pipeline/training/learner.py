@@ -1,0 +1,69 @@
+"""The model and what updates it: AdamW, the learning-rate schedule and the AMP grad scaler.
+
+``build_learner`` is the one place they are made, for a fresh run and a resumed one alike (a resumed run then
+loads their state). The model is initialised from the run's seed, so a fresh run starts from the same weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..model import UNet, UNetConfig, build_model
+from .forward import forward_logits
+from .losses import Loss
+from .options import TrainOptions
+
+
+@dataclass
+class Learner:
+    model: UNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    amp: bool
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, loss: Loss) -> float:
+        """One optimiser and schedule step on a batch; its loss."""
+        value = loss(forward_logits(self.model, images, self.amp), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(value).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return float(value.detach())
+
+    @property
+    def lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+
+
+def build_learner(opts: TrainOptions, config: UNetConfig, device: str, amp: bool) -> Learner:
+    """A freshly initialised model on ``device`` with its optimiser, schedule (over the whole run) and scaler."""
+    torch.manual_seed(opts.seed)
+    model = build_model(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    total = opts.epochs * opts.steps_per_epoch
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    if opts.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=opts.lr, total_steps=total)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total, eta_min=opts.lr / 100)
+    return Learner(model, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp), amp)

@@ -1,0 +1,88 @@
+"""Validation on a fixed grid of tiles, through the forward pass prediction uses (``forward``).
+
+Every pixel is scored once (see ``grid_tiles``); the loss is the mean over labelled pixels, the scores those of
+the labels ``predict`` would write.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from tiling.errors import OptionError
+from tiling.normalize import Normalization
+from tiling.writers.encode import NODATA_UINT8
+
+from .data import GridTile, Pair, grid_tiles, read_raw_tile
+from .forward import forward_logits, normalised_on_device, predicted_labels
+from .losses import Loss
+from .masks import IGNORE
+from .metrics import Confusion, Scores
+
+
+@dataclass(frozen=True)
+class ValidationGrid:
+    """What validation runs on: the fixed grid of ``tile``-pixel tiles over ``pairs``, read ``batch_size`` at a
+    time, normalised with the training set's ``normalization``."""
+
+    pairs: Sequence[Pair]
+    tiles: tuple[GridTile, ...]
+    tile: int
+    normalization: Normalization
+    class_names: tuple[str, ...]
+    batch_size: int
+
+    @classmethod
+    def over(
+        cls,
+        pairs: Sequence[Pair],
+        tile: int,
+        overlap: int,
+        normalization: Normalization,
+        class_names: Sequence[str],
+        batch_size: int,
+    ) -> ValidationGrid:
+        tiles = tuple(grid_tiles(pairs, tile, overlap))
+        return cls(pairs, tiles, tile, normalization, tuple(class_names), batch_size)
+
+
+@torch.no_grad()
+def validate(model: nn.Module, grid: ValidationGrid, loss: Loss, device: str, amp: bool) -> tuple[float, Scores]:
+    """Loss and scores of ``model`` (put in eval mode) on ``grid``."""
+    model.eval()
+    confusion = Confusion(len(grid.class_names))
+    loss_sum, weight = 0.0, 0
+    for start in range(0, len(grid.tiles), grid.batch_size):
+        raw, valid, labels = _read_group(grid.pairs, grid.tiles[start : start + grid.batch_size], grid.tile)
+        x = normalised_on_device(raw, valid, grid.normalization, device)
+        y = torch.from_numpy(labels).to(device)
+        logits = forward_logits(model, x, amp)
+        labelled = int((y != IGNORE).sum())
+        if labelled:
+            loss_sum += float(loss(logits, y)) * labelled
+            weight += labelled
+        predicted = predicted_labels(logits)
+        if (predicted == NODATA_UINT8).any():
+            raise OptionError("the model's validation probabilities became NaN; lower lr")
+        confusion.add(predicted, labels)
+    return (loss_sum / weight if weight else math.nan), confusion.scores(grid.class_names)
+
+
+def _read_group(
+    pairs: Sequence[Pair], group: Sequence[GridTile], tile: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw images, validity and labels of a group of tiles; labels outside a tile's own part are ``IGNORE``."""
+    images, valid, labels = [], [], []
+    for t in group:
+        image, tile_valid, label = read_raw_tile(pairs[t.pair], t.row, t.col, tile)
+        scored = np.full_like(label, IGNORE)
+        scored[t.own_rows, t.own_cols] = label[t.own_rows, t.own_cols]
+        images.append(image)
+        valid.append(tile_valid)
+        labels.append(scored)
+    return np.stack(images), np.stack(valid), np.stack(labels)
