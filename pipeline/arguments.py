@@ -251,9 +251,21 @@ def add_train(sub: Any, common: argparse.ArgumentParser) -> None:
         help="class ids, 0/255, colours (palette in the config) or object ids (default: ids)",
     )
     g.add_argument("--ignore-value", type=_ignore_value, help="mask value (or #RRGGBB) of unlabelled pixels")
+    g.add_argument("--instance-classes", help="instance masks: CSV of object id → class name (default: all one class)")
+    g.add_argument("--mpp", type=float, help="the images' pixel size in µm, recorded for predict (default: none)")
     g.add_argument("--tile", type=int, help="training tile size in pixels (default: 256)")
     g.add_argument("--oversample", type=float, help="share of tiles centred on a randomly drawn class (default: 0)")
     g.add_argument("--elastic", action=argparse.BooleanOptionalAction, default=None, help="elastic deformation (off)")
+    g = t.add_argument_group("objects")
+    g.add_argument("--boundary-width", type=int, help="instance masks: the boundary class's width, px (default: 2)")
+    g.add_argument(
+        "--weight-map",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the U-Net paper's weights on the gaps between objects (default: on for instance masks)",
+    )
+    g.add_argument("--w0", type=float, help="the weight map's w0 (default: 10)")
+    g.add_argument("--weight-sigma", type=float, help="the weight map's σ in pixels (default: 5)")
     g = t.add_argument_group("model")
     g.add_argument("--base-width", type=int, help="U-Net channels at the first level (default: 16)")
     g.add_argument("--depth", type=int, help="U-Net poolings (default: 4)")

@@ -268,9 +268,12 @@ def test_augmentation_moves_image_and_labels_together() -> None:
     labels = torch.randint(0, 3, (6, 32, 32), generator=generator)
     images = labels[:, None].float().repeat(1, 2, 1, 1)
     geometric = Augmentation(flips=True, rotations=True)
-    out_images, out_labels = geometric(images, labels, torch.Generator().manual_seed(5))
+    out_images, out_labels, out_weights = geometric(images, labels, torch.Generator().manual_seed(5), labels.float())
     assert not torch.equal(out_labels, labels)  # something moved
     torch.testing.assert_close(out_images[:, 0], out_labels.float())
+    torch.testing.assert_close(out_weights, out_labels.float())  # weights move with the labels
+    # Weights or not, a seed draws the same augmentation.
+    assert torch.equal(geometric(images, labels, torch.Generator().manual_seed(5))[1], out_labels)
     elastic = Augmentation(flips=False, rotations=False, elastic=True, elastic_sigma=10, elastic_grid=3)
     a = elastic(images, labels, torch.Generator().manual_seed(7))
     b = elastic(images, labels, torch.Generator().manual_seed(7))

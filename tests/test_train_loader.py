@@ -74,14 +74,14 @@ def test_batches_are_the_same_with_and_without_loader_workers(batches, no_worker
         from_workers = list(items)
     assert items.worker_cpu_seconds > 0  # counted for the run's CPU time
     assert len(in_process) == len(from_workers) == 6
-    for (a_images, a_labels), (b_images, b_labels) in zip(in_process, from_workers, strict=True):
+    for (a_images, a_labels, _), (b_images, b_labels, _) in zip(in_process, from_workers, strict=True):
         assert torch.equal(a_images, b_images) and torch.equal(a_labels, b_labels)
     assert not torch.equal(in_process[0][0], in_process[1][0])  # the steps differ
     # A loader that starts at epoch 2 (a resumed run) gives epoch 2's batches.
     with loading(batches, 2, 1, "cpu") as items:
         later = list(items)
     assert len(later) == 3
-    for (a_images, a_labels), (b_images, b_labels) in zip(in_process[3:], later, strict=True):
+    for (a_images, a_labels, _), (b_images, b_labels, _) in zip(in_process[3:], later, strict=True):
         assert torch.equal(a_images, b_images) and torch.equal(a_labels, b_labels)
 
 

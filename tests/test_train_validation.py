@@ -50,7 +50,7 @@ def test_validation_scores_are_those_of_predictions_labels(tmp_path: Path) -> No
             # the normalisation on the device is the one training tiles get on the CPU
             normalised = np.stack([read_tile(pairs[0], t.row, t.col, 64, report.normalization)[0] for t in group])
             np.testing.assert_array_equal(x.numpy(), normalised)
-            for t, (_, _, label), p in zip(group, read, probs, strict=True):
+            for t, (_, _, label, _), p in zip(group, read, probs, strict=True):
                 scored = np.full_like(label, IGNORE)
                 scored[t.own_rows, t.own_cols] = label[t.own_rows, t.own_cols]
                 confusion.add(to_labels(p, 0.5), scored)

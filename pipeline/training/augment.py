@@ -3,7 +3,8 @@
 Everything draws from the ``torch.Generator`` it is given, so a batch's augmentation depends only on the seed.
 Elastic deformation follows the U-Net paper: random displacements on a coarse ``grid`` × ``grid`` lattice with a
 standard deviation of ``sigma`` pixels, interpolated bicubically to a per-pixel field; the image is resampled
-bilinearly, the labels by nearest neighbour (so they stay class ids), reflecting at the tile's edges.
+bilinearly, the labels by nearest neighbour (so they stay class ids), reflecting at the tile's edges. Per-pixel
+loss weights, when a batch has them, move with the labels (resampled bilinearly) and draw nothing more.
 """
 
 from __future__ import annotations
@@ -25,27 +26,35 @@ class Augmentation:
     elastic_grid: int = 3
 
     def __call__(
-        self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augmented copies of ``images`` (B, C, H, W) float and ``labels`` (B, H, W) int64."""
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        generator: torch.Generator,
+        weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Augmented copies of ``images`` (B, C, H, W) float, ``labels`` (B, H, W) int64 and ``weights``
+        (B, H, W) float (or None)."""
         if self.elastic and self.elastic_sigma > 0:
-            images, labels = elastic(images, labels, self.elastic_sigma, self.elastic_grid, generator)
-        out_images, out_labels = [], []
-        for image, label in zip(images, labels, strict=True):
+            images, labels, weights = elastic(images, labels, self.elastic_sigma, self.elastic_grid, generator, weights)
+        out_images, out_labels, out_weights = [], [], []
+        for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+            moved = [label] if weights is None else [label, weights[index]]
             if self.flips and _coin(generator):
-                image, label = image.flip(-1), label.flip(-1)
+                image, moved = image.flip(-1), [m.flip(-1) for m in moved]
             if self.flips and _coin(generator):
-                image, label = image.flip(-2), label.flip(-2)
+                image, moved = image.flip(-2), [m.flip(-2) for m in moved]
             if self.rotations and image.shape[-1] == image.shape[-2]:
                 k = int(torch.randint(0, 4, (1,), generator=generator))
-                image, label = torch.rot90(image, k, (-2, -1)), torch.rot90(label, k, (-2, -1))
+                image, moved = torch.rot90(image, k, (-2, -1)), [torch.rot90(m, k, (-2, -1)) for m in moved]
             if self.contrast > 0:
                 image = image * (1 + self.contrast * (2 * torch.rand(1, generator=generator) - 1))
             if self.brightness > 0:
                 image = image + self.brightness * (2 * torch.rand(1, generator=generator) - 1)
             out_images.append(image)
-            out_labels.append(label)
-        return torch.stack(out_images).contiguous(), torch.stack(out_labels).contiguous()
+            out_labels.append(moved[0])
+            out_weights.extend(moved[1:])
+        stacked_weights = torch.stack(out_weights).contiguous() if out_weights else None
+        return torch.stack(out_images).contiguous(), torch.stack(out_labels).contiguous(), stacked_weights
 
 
 def _coin(generator: torch.Generator) -> bool:
@@ -53,8 +62,13 @@ def _coin(generator: torch.Generator) -> bool:
 
 
 def elastic(
-    images: torch.Tensor, labels: torch.Tensor, sigma: float, grid: int, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    sigma: float,
+    grid: int,
+    generator: torch.Generator,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Smooth random deformation of each sample (U-Net paper: 3 × 3 lattice, σ = 10 px, bicubic)."""
     b, _, h, w = images.shape
     coarse = torch.randn(b, 2, grid, grid, generator=generator) * sigma
@@ -69,4 +83,9 @@ def elastic(
     warped_labels = F.grid_sample(
         labels[:, None].to(images.dtype), sampling, mode="nearest", padding_mode="reflection", align_corners=True
     )
-    return warped, warped_labels[:, 0].round().long()
+    warped_weights = None
+    if weights is not None:
+        warped_weights = F.grid_sample(
+            weights[:, None].to(images.dtype), sampling, mode="bilinear", padding_mode="reflection", align_corners=True
+        )[:, 0]
+    return warped, warped_labels[:, 0].round().long(), warped_weights

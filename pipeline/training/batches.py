@@ -53,7 +53,8 @@ PREFETCH_PER_WORKER = 2
 #: How loader workers are started (see the module's docstring).
 WORKER_START = "forkserver"
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+#: Images, labels and (with a weight map) each pixel's separation weight.
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,12 @@ class BatchSpec:
 
 @dataclass(frozen=True)
 class BatchArrays:
-    """A batch as the loader hands it over: images (B, C, T, T) float32 and labels (B, T, T) int64."""
+    """A batch as the loader hands it over: images (B, C, T, T) float32, labels (B, T, T) int64 and separation
+    weights (B, T, T) float32 or None."""
 
     images: np.ndarray
     labels: np.ndarray
+    weights: np.ndarray | None = None
     worker: int | None = None  # the loader worker that built it (None: the training process)
     worker_cpu_seconds: float = 0.0  # that worker's CPU time when it handed the batch over
     pinned: Batch | None = None  # the arrays as pinned tensors, once the loader has pinned them
@@ -80,12 +83,14 @@ class BatchArrays:
     def tensors(self) -> Batch:
         if self.pinned is not None:
             return self.pinned
-        return torch.from_numpy(self.images), torch.from_numpy(self.labels)
+        weights = None if self.weights is None else torch.from_numpy(self.weights)
+        return torch.from_numpy(self.images), torch.from_numpy(self.labels), weights
 
     def pin_memory(self) -> BatchArrays:
         """Called by the loader's pinning thread (CUDA devices)."""
-        images, labels = self.tensors()
-        return replace(self, pinned=(images.pin_memory(), labels.pin_memory()))
+        images, labels, weights = self.tensors()
+        pinned = (images.pin_memory(), labels.pin_memory(), None if weights is None else weights.pin_memory())
+        return replace(self, pinned=pinned)
 
 
 class TrainingBatches(Dataset[BatchArrays | TilewiseError]):
@@ -115,25 +120,28 @@ class TrainingBatches(Dataset[BatchArrays | TilewiseError]):
     def __getitem__(self, index: int) -> BatchArrays | TilewiseError:
         epoch, step = divmod(index, self.spec.steps_per_epoch)
         try:
-            images, labels = self.batch(epoch + 1, step)
+            images, labels, weights = self.batch(epoch + 1, step)
         except TilewiseError as exc:
             return exc
+        arrays = BatchArrays(images.numpy(), labels.numpy(), None if weights is None else weights.numpy())
         worker = get_worker_info()
         if worker is None:
-            return BatchArrays(images.numpy(), labels.numpy())
-        return BatchArrays(images.numpy(), labels.numpy(), worker.id, time.process_time())
+            return arrays
+        return replace(arrays, worker=worker.id, worker_cpu_seconds=time.process_time())
 
     def batch(self, epoch: int, step: int) -> Batch:
         """The batch of ``step`` (0-based) in ``epoch`` (1-based)."""
         rng = np.random.default_rng([self.spec.seed, epoch, step])
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        images, labels = [], []
+        images, labels, weights = [], [], []
         for _ in range(self.spec.batch_size):
             index, row, col = self.sampler.sample(rng)
-            image, label = read_tile(self.pairs[index], row, col, self.spec.tile, self.normalization)
+            image, label, weight = read_tile(self.pairs[index], row, col, self.spec.tile, self.normalization)
             images.append(image)
             labels.append(label)
-        return self.augment(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels)), generator)
+            weights.append(weight)
+        stacked = None if weights[0] is None else torch.from_numpy(np.stack(weights))
+        return self.augment(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels)), generator, stacked)
 
 
 class BatchStream:

@@ -8,7 +8,7 @@ can be drawn centred on rare classes. Tiles are then read window by window throu
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from tiling.plan import Span
 from tiling.readers import RasterReader, open_raster
 
 from .masks import IGNORE, MaskEncoding, expand_palette
+from .targets import TargetRule
 
 #: Rows/cols read at a time by the survey pass.
 SURVEY_BLOCK = 1024
@@ -28,11 +29,12 @@ BINARY_MIN_MAX = 64
 
 @dataclass
 class Pair:
-    """An image raster and its mask, of the same size."""
+    """An image raster and its mask, of the same size, and how the mask becomes targets."""
 
     image: RasterReader
     mask: RasterReader
     encoding: MaskEncoding
+    rule: TargetRule = field(default_factory=TargetRule)
 
     @property
     def height(self) -> int:
@@ -46,13 +48,26 @@ class Pair:
     def name(self) -> str:
         return self.image.info.path
 
-    def read_raw(self, rows: Span, cols: Span) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Raw image (bands, h, w) as stored, its validity (h, w) and labels (h, w) int64 of a window inside
-        the raster; pixels whose image is invalid are labelled ``IGNORE``."""
+    def read_raw(self, rows: Span, cols: Span) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Raw image (bands, h, w) as stored, its validity (h, w), labels (h, w) int64 and the separation weights
+        (h, w) float32 (None without a weight map) of a window inside the raster; pixels whose image is invalid
+        are labelled ``IGNORE`` and weigh nothing."""
         data, valid = self.image.read(rows, cols)
-        labels = self.decode(rows, cols)
+        labels, weights = self.targets(rows, cols)
         labels[~valid] = IGNORE
-        return data, valid, labels
+        if weights is not None:
+            weights[~valid] = 0.0
+        return data, valid, labels, weights
+
+    def targets(self, rows: Span, cols: Span) -> tuple[np.ndarray, np.ndarray | None]:
+        """The targets of a window, from the mask read with the rule's margin around it."""
+        margin = self.rule.margin
+        outer_rows = Span(max(rows.start - margin, 0), min(rows.stop + margin, self.height))
+        outer_cols = Span(max(cols.start - margin, 0), min(cols.stop + margin, self.width))
+        labels, weights = self.rule.targets(self.decode(outer_rows, outer_cols))
+        ys = slice(rows.start - outer_rows.start, rows.stop - outer_rows.start)
+        xs = slice(cols.start - outer_cols.start, cols.stop - outer_cols.start)
+        return labels[ys, xs].copy(), None if weights is None else weights[ys, xs].copy()
 
     def decode(self, rows: Span, cols: Span) -> np.ndarray:
         raw, valid = self.mask.read(rows, cols)
@@ -65,7 +80,12 @@ class Pair:
 
 
 def open_pairs(
-    images: Sequence[str], masks: Sequence[str], bands: tuple[int, ...] | None, encoding: MaskEncoding, what: str
+    images: Sequence[str],
+    masks: Sequence[str],
+    bands: tuple[int, ...] | None,
+    encoding: MaskEncoding,
+    what: str,
+    rule: TargetRule | None = None,
 ) -> list[Pair]:
     """Open and check ``images[i]`` with ``masks[i]``; ``what`` names the set in errors ("training")."""
     if not images:
@@ -81,7 +101,7 @@ def open_pairs(
             except BaseException:
                 image.close()
                 raise
-            pair = Pair(image, mask, encoding)
+            pair = Pair(image, mask, encoding, rule or TargetRule())
             pairs.append(pair)
             encoding.check_raster(mask.info)
             if (image.info.height, image.info.width) != (mask.info.height, mask.info.width):
@@ -129,7 +149,7 @@ def survey(pairs: Sequence[Pair], cell: int, class_names: Sequence[str]) -> Surv
                 if pair.encoding.kind == "binary" and mask_valid.any():
                     raw_max = max(raw_max, int(raw[0][mask_valid].max()))
                 where = f"{pair.mask.info.path} (rows {r0}:{rows.stop}, cols {c0}:{cols.stop})"
-                labels = pair.encoding.decode(raw, where, mask_valid)
+                labels = pair.rule.classes(pair.encoding.decode(raw, where, mask_valid))
                 labels[~valid] = IGNORE
                 pixels = data[:, valid].astype(np.float64)
                 total += pixels.sum(axis=1)
@@ -215,19 +235,23 @@ class TileSampler:
         return int(np.clip(origin, 0, length - self.tile))
 
 
-def read_tile(pair: Pair, row: int, col: int, tile: int, normalization: Normalization) -> tuple[np.ndarray, np.ndarray]:
-    """A normalised ``tile``² window at (row, col) (float32) and its labels; parts outside the raster are 0 in
-    the image and ``IGNORE`` in labels."""
-    raw, valid, labels = read_raw_tile(pair, row, col, tile)
-    return normalization.apply(raw, valid), labels
+def read_tile(
+    pair: Pair, row: int, col: int, tile: int, normalization: Normalization
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A normalised ``tile``² window at (row, col) (float32), its labels and its separation weights (None
+    without a weight map); parts outside the raster are 0 in the image and weights and ``IGNORE`` in labels."""
+    raw, valid, labels, weights = read_raw_tile(pair, row, col, tile)
+    return normalization.apply(raw, valid), labels, weights
 
 
-def read_raw_tile(pair: Pair, row: int, col: int, tile: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A ``tile``² window at (row, col) as stored, its validity and its labels; parts outside the raster are
-    0 and invalid in the image and ``IGNORE`` in labels."""
+def read_raw_tile(
+    pair: Pair, row: int, col: int, tile: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """A ``tile``² window at (row, col) as stored, its validity, its labels and weights; parts outside the raster
+    are 0 and invalid in the image, ``IGNORE`` in labels and 0 in weights."""
     rows = Span(max(row, 0), min(row + tile, pair.height))
     cols = Span(max(col, 0), min(col + tile, pair.width))
-    data, inside_valid, inside_labels = pair.read_raw(rows, cols)
+    data, inside_valid, inside_labels, inside_weights = pair.read_raw(rows, cols)
     image = np.zeros((len(pair.image.bands), tile, tile), dtype=data.dtype)
     valid = np.zeros((tile, tile), dtype=bool)
     labels = np.full((tile, tile), IGNORE, dtype=np.int64)
@@ -236,7 +260,11 @@ def read_raw_tile(pair: Pair, row: int, col: int, tile: int) -> tuple[np.ndarray
     image[:, ys, xs] = data
     valid[ys, xs] = inside_valid
     labels[ys, xs] = inside_labels
-    return image, valid, labels
+    weights = None
+    if inside_weights is not None:
+        weights = np.zeros((tile, tile), dtype=np.float32)
+        weights[ys, xs] = inside_weights
+    return image, valid, labels, weights
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,11 @@ class Learner:
     scaler: torch.amp.GradScaler
     amp: bool
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor, loss: Loss) -> float:
-        """One optimiser and schedule step on a batch; its loss."""
-        value = loss(forward_logits(self.model, images, self.amp), labels)
+    def step(
+        self, images: torch.Tensor, labels: torch.Tensor, loss: Loss, weights: torch.Tensor | None = None
+    ) -> float:
+        """One optimiser and schedule step on a batch (with each pixel's separation ``weights``); its loss."""
+        value = loss(forward_logits(self.model, images, self.amp), labels, weights)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(value).backward()
         self.scaler.step(self.optimizer)

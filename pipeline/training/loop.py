@@ -38,6 +38,7 @@ from .options import TrainOptions, options_from_config
 from .paths import expand_paths
 from .run import Run, RunFiles, score
 from .state import fingerprint
+from .targets import target_rule
 
 
 @dataclass
@@ -105,11 +106,12 @@ def _train(opts: TrainOptions, on_epoch: Callable[[dict[str, Any]], None] | None
         batch_norm=opts.batch_norm,
     )
     config_.check_tile(opts.tile)
-    pairs = open_pairs(images, masks, opts.bands, encoding, "training")
+    rule = target_rule(opts)
+    pairs = open_pairs(images, masks, opts.bands, encoding, "training", rule)
     val_pairs: list[Pair] = []
     try:
         if val_images or val_masks:
-            val_pairs = open_pairs(val_images, val_masks, opts.bands, encoding, "validation")
+            val_pairs = open_pairs(val_images, val_masks, opts.bands, encoding, "validation", rule)
         bands = len(pairs[0].image.bands)
         if val_pairs and len(val_pairs[0].image.bands) != bands:
             raise OptionError(f"validation images have {len(val_pairs[0].image.bands)} band(s), training {bands}")

@@ -1,4 +1,5 @@
-"""Mask rasters into class ids: ids as stored, binary 0/255, or colours through a palette; an ignore value.
+"""Mask rasters into class ids: ids as stored, binary 0/255, or colours through a palette; or object ids
+(``instances``, turned into classes by ``targets.TargetRule``); an ignore value.
 
 Decoded labels are int64 with ``IGNORE`` (-1) where a pixel adds nothing to the loss or the metrics: the ignore
 value, pixels the mask raster itself marks as nodata, and pixels whose image is nodata. A mask value that fits
@@ -57,7 +58,7 @@ def _pack(rgb: np.ndarray) -> np.ndarray:
 class MaskEncoding:
     """How a mask raster stores classes."""
 
-    kind: str  # ids | binary | palette
+    kind: str  # ids | binary | palette | instances
     classes: int  # number of class ids (2 for a binary model)
     colours: tuple[Colour, ...] = ()  # palette: the colour of each class id
     ignore: int | Colour | None = None
@@ -78,7 +79,10 @@ class MaskEncoding:
                 raise OptionError(f"ignore_value {ignore} is also the id of class {class_names[ignore]!r}")
             return cls(kind, classes, (), ignore)
         if palette is None:
-            raise OptionError("mask_encoding palette needs a palette: {class name: '#RRGGBB', ...}")
+            raise OptionError(
+                "mask_encoding palette needs a palette, which a config's train: section sets, e.g. palette: "
+                "{background: '#000000', building: '#FF0000'}"
+            )
         unknown = sorted(set(palette) - set(class_names))
         if unknown:
             raise OptionError(f"palette names unknown class(es) {unknown} (class_names: {list(class_names)})")
@@ -105,6 +109,10 @@ class MaskEncoding:
         if self.kind == "palette":
             return self._decode_palette(data, where, unlabelled)
         raw = np.where(unlabelled, 0, data[0])
+        if self.kind == "instances" and raw.dtype.kind == "f":
+            raise InputError(
+                f"mask {where} is a {raw.dtype} raster; instance masks hold whole-number object ids (0 = background)"
+            )
         if raw.dtype.kind == "f":
             if np.isnan(raw).any():
                 raise InputError(f"mask {where} holds NaN values; use a whole-number mask")
@@ -112,6 +120,12 @@ class MaskEncoding:
                 raise InputError(f"mask {where} holds fractional values; class ids must be whole numbers")
         raw = raw.astype(np.int64)
         ignored = unlabelled | (raw == self.ignore) if self.ignore is not None else unlabelled
+        if self.kind == "instances":
+            if ((~ignored) & (raw < 0)).any():
+                raise InputError(f"mask {where} has negative object ids; instance masks hold ids ≥ 0 (0 = background)")
+            ids = raw.copy()
+            ids[ignored] = IGNORE
+            return ids
         if self.kind == "binary":
             bad = (~ignored) & ((raw < 0) | (raw > 255))
             labels = (raw >= BINARY_THRESHOLD).astype(np.int64)
@@ -122,6 +136,8 @@ class MaskEncoding:
             value, (row, col) = raw[bad][0], np.argwhere(bad)[0]
             expected = "0/255" if self.kind == "binary" else f"class ids 0-{self.classes - 1}"
             hint = "" if self.ignore is not None else " (set ignore_value for unlabelled pixels)"
+            if self.kind == "ids" and self.classes == 2 and np.isin(raw[~ignored], (0, 255)).all():
+                hint = "; it looks like a 0/255 mask: use --mask-encoding binary"
             raise InputError(
                 f"mask {where} has value {value} at row {row}, col {col}, which is not one of the {expected}{hint}"
             )
@@ -154,7 +170,10 @@ class MaskEncoding:
     def check_raster(self, info: RasterInfo) -> None:
         if info.count < self.bands or (self.kind != "palette" and info.count != 1):
             wanted = "an RGB (or paletted) mask" if self.kind == "palette" else "a one-band mask"
-            raise InputError(f"mask {info.path} has {info.count} band(s); mask_encoding {self.kind} needs {wanted}")
+            hint = "; for a mask of colours use --mask-encoding palette" if info.count >= 3 else ""
+            raise InputError(
+                f"mask {info.path} has {info.count} band(s); mask_encoding {self.kind} needs {wanted}{hint}"
+            )
 
 
 class PalettedReader:

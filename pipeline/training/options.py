@@ -13,7 +13,9 @@ from ..config import load_config
 from ..model import UPSAMPLING
 from ..options import UpdatableOptions
 
-MASK_ENCODINGS = ("ids", "binary", "palette")
+MASK_ENCODINGS = ("ids", "binary", "palette", "instances")
+#: The class an instance-mask model learns between touching objects (added after the object classes).
+BOUNDARY = "boundary"
 BINARY_LOSSES = ("bce", "dice", "bce+dice")
 MULTICLASS_LOSSES = ("ce", "ce+dice")
 SCHEDULES = ("cosine", "onecycle")
@@ -49,6 +51,13 @@ class TrainOptions(UpdatableOptions):
     mask_encoding: str = "ids"
     palette: dict[str, Any] | None = None
     ignore_value: int | str | None = None
+    # objects: instance masks (one id per object), the boundary class between them, the paper's weight map
+    instance_classes: str | None = None  # a CSV of object id → class name (default: every object the first class)
+    boundary_width: int = 2
+    weight_map: bool | None = None  # the separation weights (default: on for instance masks)
+    w0: float = 10.0
+    weight_sigma: float = 5.0
+    mpp: float | None = None  # the training images' pixel size (µm), recorded in the model card
     # model
     base_width: int = 16
     depth: int = 4
@@ -100,6 +109,7 @@ class TrainOptions(UpdatableOptions):
             object.__setattr__(self, "bands", tuple(self.bands))
         for name in ("base_width", "depth", "tile", "batch_size", "epochs", "steps_per_epoch", "elastic_grid"):
             _positive_int(getattr(self, name), name)
+        self._check_objects()
         if self.threads is not None:
             _positive_int(self.threads, "threads")
         if isinstance(self.loader_workers, bool) or not isinstance(self.loader_workers, int) or self.loader_workers < 0:
@@ -136,9 +146,36 @@ class TrainOptions(UpdatableOptions):
                 )
             object.__setattr__(self, "class_weights", tuple(float(w) for w in weights))
         if self.mask_encoding == "palette" and not self.palette:
-            raise OptionError("mask_encoding palette needs a palette: {class name: '#RRGGBB', ...}")
+            raise OptionError(
+                "mask_encoding palette needs a palette, which a config's train: section sets, e.g. palette: "
+                "{background: '#000000', building: '#FF0000'}"
+            )
         if self.palette is not None and not isinstance(self.palette, dict):
             raise OptionError(f"palette must map class names to colours, got {self.palette!r}")
+
+    def _check_objects(self) -> None:
+        _positive_int(self.boundary_width, "boundary_width")
+        for name in ("w0", "weight_sigma"):
+            _non_negative(getattr(self, name), name)
+        if not self.weight_sigma > 0:
+            raise OptionError(f"weight_sigma must be a positive number of pixels, got {self.weight_sigma!r}")
+        if self.mpp is not None and (
+            isinstance(self.mpp, bool) or not isinstance(self.mpp, (int, float)) or self.mpp <= 0
+        ):
+            raise OptionError(f"mpp must be a positive number of µm per pixel, got {self.mpp!r}")
+        if self.mask_encoding != "instances":
+            if self.instance_classes is not None:
+                raise OptionError("instance_classes are for instance masks: set --mask-encoding instances")
+            return
+        if BOUNDARY not in self.class_names:  # the model also learns the boundary between touching objects
+            object.__setattr__(self, "class_names", (*self.class_names, BOUNDARY))
+        elif self.class_names[-1] != BOUNDARY:
+            raise OptionError(f"with instance masks the class {BOUNDARY!r} comes last, got {list(self.class_names)}")
+
+    @property
+    def weighted(self) -> bool:
+        """Whether the loss weighs each pixel by the paper's weight map."""
+        return (self.mask_encoding == "instances") if self.weight_map is None else bool(self.weight_map)
 
     @property
     def binary(self) -> bool:

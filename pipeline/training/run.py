@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from tiling.errors import OptionError
 from tiling.grid import resolve_overlap
+from tiling.instances import InstanceSpec
 
 from ..checkpoint import Checkpoint, ModelCard, save_checkpoint
 from ..model import UNetConfig, build_model
@@ -143,10 +144,12 @@ class Run:
             leave=False,
         )
         pinned = self.device.startswith("cuda")
-        for images, labels in bar:
+        for images, labels, weights in bar:
             images = images.to(self.device, non_blocking=pinned)
             labels = labels.to(self.device, non_blocking=pinned)
-            value = self.learner.step(images, labels, self.loss)
+            if weights is not None:
+                weights = weights.to(self.device, non_blocking=pinned)
+            value = self.learner.step(images, labels, self.loss, weights)
             if not math.isfinite(value):
                 raise OptionError(f"the training loss became {value} at epoch {epoch}; lower lr (now {self.opts.lr})")
             total += value
@@ -181,6 +184,14 @@ class Run:
             "tile": self.opts.tile,
             "seed": self.opts.seed,
         }
+        if self.opts.weighted:
+            info["weight_map"] = {
+                "w0": self.opts.w0,
+                "sigma": self.opts.weight_sigma,
+                "class_weights": self.class_weights,
+            }
+        if self.opts.mask_encoding == "instances":
+            info["boundary_width"] = self.opts.boundary_width
         card = ModelCard(
             self.config,
             self.found.normalization,
@@ -189,11 +200,21 @@ class Run:
             bands=self.opts.bands,
             band_names=tuple(names) if names and all(isinstance(n, str) and n for n in names) else (),
             info=json.loads(json.dumps(info, allow_nan=True)),
+            instances=self._instance_spec(),
+            pixel_size_um=self.opts.mpp,
         )
         model = build_model(self.config)
         model.load_state_dict({k: v.detach().cpu() for k, v in self.learner.model.state_dict().items()})
         save_checkpoint(self.files.checkpoint, model, card)
         self.best_checkpoint = Checkpoint(model.eval(), card)
+
+    def _instance_spec(self) -> InstanceSpec | None:
+        """How ``predict`` finds the objects of a model trained on instance masks: seeds of each object class,
+        the boundary class given back to the nearest within the boundary's width."""
+        if self.opts.mask_encoding != "instances":
+            return None
+        boundary = len(self.opts.class_names) - 1
+        return InstanceSpec(tuple(range(1, boundary)), (boundary,), self.opts.boundary_width)
 
     def _resume(self) -> None:
         state = load_state(self.files.state, self.settings)
