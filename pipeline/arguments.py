@@ -135,6 +135,7 @@ def add_predict(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--threshold", type=float, help=f"binary label threshold ({_default('threshold')})")
     g.add_argument("--format", choices=("cog", "geotiff", "ome-tiff", "ome-zarr", "zarr"), help="(default: by name)")
     g.add_argument("--objects", help="object table, .csv or .parquet: one row per object (needs instances)")
+    g.add_argument("--min-object-area", type=int, help="drop objects smaller than this, px (default: the model's)")
     g.add_argument("--vector", help="polygons, .gpkg or .geojson: per object, or per class region (default: none)")
     g.add_argument("--vector-style", choices=VECTOR_STYLES, help="plain GIS features or QuPath detections (plain)")
     g.add_argument("--vector-classes", type=numbers, help="classes to polygonise, e.g. 1,2 (default: all but 0)")
@@ -197,6 +198,7 @@ def _version() -> str:
 #: Training settings that only a config's ``train:`` section sets (a test keeps this list whole).
 CONFIG_ONLY_TRAIN_KEYS = (
     "palette",
+    "about",
     "upsampling",
     "batch_norm",
     "val_overlap",
@@ -204,6 +206,7 @@ CONFIG_ONLY_TRAIN_KEYS = (
     "rotations",
     "brightness",
     "contrast",
+    "colour",
     "elastic_sigma",
     "elastic_grid",
     "weight_decay",
@@ -258,6 +261,7 @@ def add_train(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--elastic", action=argparse.BooleanOptionalAction, default=None, help="elastic deformation (off)")
     g = t.add_argument_group("objects")
     g.add_argument("--boundary-width", type=int, help="instance masks: the boundary class's width, px (default: 2)")
+    g.add_argument("--min-object-area", type=int, help="objects predict keeps: at least this many px (default: 0)")
     g.add_argument(
         "--weight-map",
         action=argparse.BooleanOptionalAction,

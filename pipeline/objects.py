@@ -42,7 +42,8 @@ def find_objects(store: WorkStore, chunks: ChunkPlan, tasks: TaskRunner) -> Obje
     done = store.flagged("objects")
     todo = [index for index in chunk_indices(chunks) if index not in done]
     tasks.map(grow_and_measure, [(store, chunks, index, joined.around(index)) for index in todo])
-    objects = number(store, chunks, joined)
+    assert store.instances is not None
+    objects = number(store, chunks, joined, store.instances.min_area)
     done = store.flagged("ids")
     todo = [index for index in chunk_indices(chunks) if index not in done]
     tasks.map(write_ids, [(store, chunks, index, *chunk_objects(store, index, objects)) for index in todo])

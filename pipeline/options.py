@@ -90,6 +90,8 @@ class PredictOptions(UpdatableOptions):
     vector_style: str = "plain"
     #: The object table (one row per object: class, area, centroid, bounding box, mean probability).
     objects: str | None = None
+    #: Objects smaller than this (pixels of the grid the model reads) are dropped (default: the card's).
+    min_object_area: int | None = None
     min_area: float = 0.0
     vector_classes: tuple[int, ...] | None = None
 
@@ -154,6 +156,12 @@ class PredictOptions(UpdatableOptions):
             )
         _choice(self.vector_style, VECTOR_STYLES, "vector_style")
         _suffix(self.objects, "objects", (".csv", ".parquet"))
+        if self.min_object_area is not None and (
+            isinstance(self.min_object_area, bool)
+            or not isinstance(self.min_object_area, int)
+            or self.min_object_area < 0
+        ):
+            raise OptionError(f"min_object_area must be a whole number of pixels ≥ 0, got {self.min_object_area!r}")
         if self.objects and "instances" not in layers:
             raise OptionError("the object table is made from the instances: add instances to --output-kind")
 

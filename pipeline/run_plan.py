@@ -13,7 +13,7 @@ store) unless ``--chunk`` says otherwise; the work store then compares the two r
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +176,8 @@ def plan_run(
         if fmt is not None and work is not None:
             layers = output_layers(fmt.spec, card.class_names, card.model.classes)
             instances = card.instance_spec if fmt.spec.writes_instances else None
+            if instances is not None and opts.min_object_area is not None:
+                instances = replace(instances, min_area=opts.min_object_area)
             content = OutputContent(reader.info, layers, card.class_names, instances, fmt.spec.threshold)
             run_output = RunOutput(fmt, content, work)
     except BaseException:

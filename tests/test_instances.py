@@ -118,6 +118,20 @@ def test_components_without_growth(tmp_path: Path) -> None:
     assert objects.classes.tolist() == [1, 2, 1, 1, 2]
 
 
+def test_objects_under_the_smallest_area_are_dropped_and_the_rest_renumbered(tmp_path: Path) -> None:
+    classes = blobs((61, 77), seed=3)
+    spec = InstanceSpec((1,), (2,), radius=2)
+    all_ids, everything = run_passes(classes, spec, (16, 16), tmp_path / "all")
+    smallest = int(np.median(everything.measures.area))  # about half the objects fall under it
+    ids, kept = run_passes(classes, InstanceSpec((1,), (2,), radius=2, min_area=smallest), (16, 16), tmp_path / "kept")
+    large = everything.measures.area >= smallest
+    assert 0 < len(kept) == int(large.sum()) < len(everything)
+    np.testing.assert_array_equal(np.unique(ids[(ids > 0) & (ids != NODATA_UINT32)]), np.arange(1, len(kept) + 1))
+    small = np.isin(all_ids, everything.ids[~large])
+    assert (ids[small] == 0).all()  # fragments became background
+    assert ((ids > 0) == ((all_ids > 0) & ~small)).all()
+
+
 def test_measures_equal_the_raster(tmp_path: Path) -> None:
     classes = blobs((50, 64), seed=8)
     ids, objects = run_passes(classes, InstanceSpec((1,), (2,), radius=2), (13, 17), tmp_path)

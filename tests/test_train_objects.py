@@ -80,6 +80,7 @@ def test_train_on_instances_then_predict_objects(cells: dict[str, Path], tmp_pat
         "object_classes": [1],
         "growth_classes": [2],
         "radius": 2,
+        "min_area": 0,
     }
     assert card.info["weight_map"]["w0"] == 10.0 and card.info["weight_map"]["sigma"] == 5.0
     result = predict(cells["image"], tmp_path / "objects.zarr", report.checkpoint, output_kind="instances")

@@ -1,4 +1,9 @@
-"""Augmentation of a training batch: flips, 90° rotations, brightness/contrast jitter and elastic deformation.
+"""Augmentation of a training batch: flips, 90° rotations, brightness/contrast jitter, per-band colour jitter and
+elastic deformation.
+
+Colour jitter scales and shifts each band on its own (``colour``: x · U(1 − c, 1 + c) + U(−c, c) per band, in
+normalised units), the way stains and scanners shift a slide's colours; brightness and contrast move every band
+together.
 
 Everything draws from the ``torch.Generator`` it is given, so a batch's augmentation depends only on the seed.
 Elastic deformation follows the U-Net paper: random displacements on a coarse ``grid`` × ``grid`` lattice with a
@@ -21,6 +26,7 @@ class Augmentation:
     rotations: bool = True
     brightness: float = 0.0  # additive, in units of the normalised bands' std
     contrast: float = 0.0  # multiplicative: x · U(1 - c, 1 + c)
+    colour: float = 0.0  # per band: x · U(1 - c, 1 + c) + U(-c, c)
     elastic: bool = False
     elastic_sigma: float = 10.0
     elastic_grid: int = 3
@@ -50,6 +56,10 @@ class Augmentation:
                 image = image * (1 + self.contrast * (2 * torch.rand(1, generator=generator) - 1))
             if self.brightness > 0:
                 image = image + self.brightness * (2 * torch.rand(1, generator=generator) - 1)
+            if self.colour > 0:
+                bands = image.shape[0]
+                scale = 1 + self.colour * (2 * torch.rand(bands, 1, 1, generator=generator) - 1)
+                image = image * scale + self.colour * (2 * torch.rand(bands, 1, 1, generator=generator) - 1)
             out_images.append(image)
             out_labels.append(moved[0])
             out_weights.extend(moved[1:])

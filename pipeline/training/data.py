@@ -8,7 +8,7 @@ can be drawn centred on rare classes. Tiles are then read window by window throu
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -48,23 +48,27 @@ class Pair:
     def name(self) -> str:
         return self.image.info.path
 
-    def read_raw(self, rows: Span, cols: Span) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    def read_raw(
+        self, rows: Span, cols: Span, weighted: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """Raw image (bands, h, w) as stored, its validity (h, w), labels (h, w) int64 and the separation weights
-        (h, w) float32 (None without a weight map) of a window inside the raster; pixels whose image is invalid
-        are labelled ``IGNORE`` and weigh nothing."""
+        (h, w) float32 (None without a weight map, or unless ``weighted``) of a window inside the raster; pixels
+        whose image is invalid are labelled ``IGNORE`` and weigh nothing."""
         data, valid = self.image.read(rows, cols)
-        labels, weights = self.targets(rows, cols)
+        labels, weights = self.targets(rows, cols, weighted)
         labels[~valid] = IGNORE
         if weights is not None:
             weights[~valid] = 0.0
         return data, valid, labels, weights
 
-    def targets(self, rows: Span, cols: Span) -> tuple[np.ndarray, np.ndarray | None]:
-        """The targets of a window, from the mask read with the rule's margin around it."""
-        margin = self.rule.margin
+    def targets(self, rows: Span, cols: Span, weighted: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """The targets of a window, from the mask read with the rule's margin around it (the weights only when
+        ``weighted``: validation scores labels alone)."""
+        rule = self.rule if weighted else replace(self.rule, w0=0.0)
+        margin = rule.margin
         outer_rows = Span(max(rows.start - margin, 0), min(rows.stop + margin, self.height))
         outer_cols = Span(max(cols.start - margin, 0), min(cols.stop + margin, self.width))
-        labels, weights = self.rule.targets(self.decode(outer_rows, outer_cols))
+        labels, weights = rule.targets(self.decode(outer_rows, outer_cols))
         ys = slice(rows.start - outer_rows.start, rows.stop - outer_rows.start)
         xs = slice(cols.start - outer_cols.start, cols.stop - outer_cols.start)
         return labels[ys, xs].copy(), None if weights is None else weights[ys, xs].copy()
@@ -245,13 +249,13 @@ def read_tile(
 
 
 def read_raw_tile(
-    pair: Pair, row: int, col: int, tile: int
+    pair: Pair, row: int, col: int, tile: int, weighted: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """A ``tile``² window at (row, col) as stored, its validity, its labels and weights; parts outside the raster
     are 0 and invalid in the image, ``IGNORE`` in labels and 0 in weights."""
     rows = Span(max(row, 0), min(row + tile, pair.height))
     cols = Span(max(col, 0), min(col + tile, pair.width))
-    data, inside_valid, inside_labels, inside_weights = pair.read_raw(rows, cols)
+    data, inside_valid, inside_labels, inside_weights = pair.read_raw(rows, cols, weighted)
     image = np.zeros((len(pair.image.bands), tile, tile), dtype=data.dtype)
     valid = np.zeros((tile, tile), dtype=bool)
     labels = np.full((tile, tile), IGNORE, dtype=np.int64)

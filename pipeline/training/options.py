@@ -54,10 +54,12 @@ class TrainOptions(UpdatableOptions):
     # objects: instance masks (one id per object), the boundary class between them, the paper's weight map
     instance_classes: str | None = None  # a CSV of object id → class name (default: every object the first class)
     boundary_width: int = 2
+    min_object_area: int = 0  # objects smaller than this (pixels) are fragments: predict drops them
     weight_map: bool | None = None  # the separation weights (default: on for instance masks)
     w0: float = 10.0
     weight_sigma: float = 5.0
     mpp: float | None = None  # the training images' pixel size (µm), recorded in the model card
+    about: dict[str, str] | None = None  # what the card says of the data and its licence ({"data": …, "licence": …})
     # model
     base_width: int = 16
     depth: int = 4
@@ -75,6 +77,7 @@ class TrainOptions(UpdatableOptions):
     rotations: bool = True
     brightness: float = 0.1
     contrast: float = 0.1
+    colour: float = 0.0  # per-band jitter (stain and scanner colour shifts)
     elastic: bool = False
     elastic_sigma: float = 10.0
     elastic_grid: int = 3
@@ -126,7 +129,7 @@ class TrainOptions(UpdatableOptions):
             allowed = BINARY_LOSSES if self.binary else MULTICLASS_LOSSES
             kind = "binary" if self.binary else f"{len(self.class_names)}-class"
             _choice(self.loss, allowed, f"loss for a {kind} model")
-        for name in ("brightness", "contrast", "elastic_sigma", "weight_decay"):
+        for name in ("brightness", "contrast", "colour", "elastic_sigma", "weight_decay"):
             _non_negative(getattr(self, name), name)
         if not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise OptionError(f"lr must be positive, got {self.lr!r}")
@@ -150,11 +153,21 @@ class TrainOptions(UpdatableOptions):
                 "mask_encoding palette needs a palette, which a config's train: section sets, e.g. palette: "
                 "{background: '#000000', building: '#FF0000'}"
             )
+        if self.about is not None and (
+            not isinstance(self.about, dict) or not all(isinstance(v, str) for v in self.about.values())
+        ):
+            raise OptionError(f"about must map names to text (data, licence), got {self.about!r}")
         if self.palette is not None and not isinstance(self.palette, dict):
             raise OptionError(f"palette must map class names to colours, got {self.palette!r}")
 
     def _check_objects(self) -> None:
         _positive_int(self.boundary_width, "boundary_width")
+        if (
+            isinstance(self.min_object_area, bool)
+            or not isinstance(self.min_object_area, int)
+            or self.min_object_area < 0
+        ):
+            raise OptionError(f"min_object_area must be a whole number of pixels ≥ 0, got {self.min_object_area!r}")
         for name in ("w0", "weight_sigma"):
             _non_negative(getattr(self, name), name)
         if not self.weight_sigma > 0:

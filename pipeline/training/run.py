@@ -84,6 +84,7 @@ class Run:
             opts.rotations,
             opts.brightness,
             opts.contrast,
+            opts.colour,
             opts.elastic,
             opts.elastic_sigma,
             opts.elastic_grid,
@@ -192,6 +193,7 @@ class Run:
             }
         if self.opts.mask_encoding == "instances":
             info["boundary_width"] = self.opts.boundary_width
+        info.update(self.opts.about or {})
         card = ModelCard(
             self.config,
             self.found.normalization,
@@ -214,7 +216,7 @@ class Run:
         if self.opts.mask_encoding != "instances":
             return None
         boundary = len(self.opts.class_names) - 1
-        return InstanceSpec(tuple(range(1, boundary)), (boundary,), self.opts.boundary_width)
+        return InstanceSpec(tuple(range(1, boundary)), (boundary,), self.opts.boundary_width, self.opts.min_object_area)
 
     def _resume(self) -> None:
         state = load_state(self.files.state, self.settings)

@@ -79,7 +79,7 @@ def _read_group(
     """Raw images, validity and labels of a group of tiles; labels outside a tile's own part are ``IGNORE``."""
     images, valid, labels = [], [], []
     for t in group:
-        image, tile_valid, label, _ = read_raw_tile(pairs[t.pair], t.row, t.col, tile)
+        image, tile_valid, label, _ = read_raw_tile(pairs[t.pair], t.row, t.col, tile, weighted=False)
         scored = np.full_like(label, IGNORE)
         scored[t.own_rows, t.own_cols] = label[t.own_rows, t.own_cols]
         images.append(image)

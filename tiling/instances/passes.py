@@ -152,15 +152,22 @@ class Objects:
         return len(self.measures)
 
     def ids_of(self, keys: np.ndarray) -> np.ndarray:
-        """The ids of objects by their keys (all present)."""
+        """The ids of objects by their keys; 0 for a key of no object (one dropped as too small)."""
         order = np.argsort(self.measures.key)
-        position = np.searchsorted(self.measures.key, keys, sorter=order)
-        return self.ids[order[position]]
+        position = np.minimum(np.searchsorted(self.measures.key, keys, sorter=order), max(len(order) - 1, 0))
+        if not len(order):
+            return np.zeros(keys.shape, np.uint32)
+        found = order[position]
+        return np.where(self.measures.key[found] == keys, self.ids[found], 0).astype(np.uint32)
 
 
-def number(store: WorkStore, chunks: ChunkPlan, joined: Joined) -> Objects:
-    """Every object measured over all its chunks, numbered 1..N in raster order of its first pixel."""
+def number(store: WorkStore, chunks: ChunkPlan, joined: Joined, min_area: int = 0) -> Objects:
+    """Every object of at least ``min_area`` pixels, measured over all its chunks, numbered 1..N in raster order
+    of its first pixel (smaller ones, fragments, become background)."""
     combined = combine([Measures(**store.get_table("objects", index)) for index in chunk_indices(chunks)])
+    if min_area > 1:
+        kept = combined.area >= min_area
+        combined = Measures(**{name: getattr(combined, name)[kept] for name in COLUMNS})
     if len(combined) > MAX_OBJECTS:
         raise ValueError(f"{len(combined)} objects do not fit a uint32 instance raster")
     order = np.argsort(combined.first, kind="stable")

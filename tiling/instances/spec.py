@@ -28,6 +28,8 @@ class InstanceSpec:
     object_classes: tuple[int, ...]
     growth_classes: tuple[int, ...] = ()
     radius: int = 0
+    #: Objects smaller than this (pixels of the grid the model reads) are fragments: background.
+    min_area: int = 0
 
     def __post_init__(self) -> None:
         if not self.object_classes:
@@ -36,6 +38,8 @@ class InstanceSpec:
             raise OptionError("a class cannot both form objects and join them")
         if self.radius < 0 or (self.growth_classes and self.radius == 0):
             raise OptionError(f"growth needs a positive radius, got {self.radius}")
+        if isinstance(self.min_area, bool) or not isinstance(self.min_area, int) or self.min_area < 0:
+            raise OptionError(f"the smallest object must be a whole number of pixels ≥ 0, got {self.min_area!r}")
         if any(c < 1 or c > 254 for c in (*self.object_classes, *self.growth_classes)):
             raise OptionError("object and growth classes must be class ids 1..254 (0 is the background)")
 
@@ -54,6 +58,7 @@ class InstanceSpec:
             "object_classes": list(self.object_classes),
             "growth_classes": list(self.growth_classes),
             "radius": self.radius,
+            "min_area": self.min_area,
         }
 
     @classmethod
@@ -63,6 +68,7 @@ class InstanceSpec:
                 tuple(int(c) for c in spec["object_classes"]),
                 tuple(int(c) for c in spec.get("growth_classes", ())),
                 int(spec.get("radius", 0)),
+                int(spec.get("min_area", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise OptionError(f"not an instance rule: {spec!r} ({exc})") from None
