@@ -25,6 +25,7 @@ from tiling.masking import CoarseMask, make_mask, mask_scale
 from tiling.normalize import Normalization
 from tiling.plan import ChunkPlan
 from tiling.readers import RasterReader, open_raster
+from tiling.storage import StoragePath
 from tiling.writers import (
     OutputContent,
     OutputSpec,
@@ -76,12 +77,9 @@ class RunPlan:
 
     def record(self) -> dict[str, Any]:
         """What makes a run this run: a resumed run must match it exactly (JSON-able)."""
-        stat = Path(self.input).stat()
         job, grid = self.job, self.grid
         record = {
-            "input": str(Path(self.input).resolve()),
-            "input_size": stat.st_size,
-            "input_mtime_ns": stat.st_mtime_ns,
+            **_input_record(self.input),
             "model": self.model_id,
             "bands": list(self.reader.bands),
             "shape": [grid.height, grid.width],
@@ -113,6 +111,15 @@ class RunPlan:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _input_record(input: str) -> dict[str, Any]:
+    """What identifies the input's version: its path, size and modification time; a URL's size and ETag."""
+    location = StoragePath.of(input)
+    version = location.version()
+    if location.is_remote:
+        return {"input": location.url, "input_size": version["size"], "input_etag": version["etag"]}
+    return {"input": str(Path(input).resolve()), "input_size": version["size"], "input_mtime_ns": version["mtime_ns"]}
 
 
 def plan_run(

@@ -12,16 +12,22 @@ from rasterio.windows import Window
 
 from ..errors import InputError
 from ..plan import Span
+from ..storage import StoragePath, StorageSettings
 from .base import HandlePool, RasterInfo, check_dtype, check_shape, nan_free, read_error, select_bands
 
 
 class GdalReader:
-    """Windowed reads through rasterio; one GDAL handle per concurrent reader thread."""
+    """Windowed reads through rasterio; one GDAL handle per concurrent reader thread. A URL is read with ranged
+    requests through GDAL's network file systems, with the storage settings of the process that opened the
+    reader applied wherever it lands (a cluster worker)."""
 
     def __init__(self, path: str, bands: tuple[int, ...] | list[int] | None = None) -> None:
         self.path = path
+        location = StoragePath.of(path)
+        self._gdal_path = location.gdal_path
+        self._settings = StorageSettings.from_environment() if location.is_remote else None
         try:
-            with rasterio.open(path) as ds:
+            with self._open() as ds:
                 check_shape(ds.height, ds.width, path)
                 self.bands = select_bands(bands, ds.count, path)
                 dtypes = {ds.dtypes[b - 1] for b in self.bands}
@@ -47,7 +53,12 @@ class GdalReader:
         except RasterioError as exc:
             raise InputError(f"{path} is not a raster GDAL can read: {exc}") from None
         self._mask_mode = _mask_mode(flags)
-        self._pool = HandlePool(lambda: rasterio.open(path))
+        self._pool = HandlePool(self._open)
+
+    def _open(self) -> Any:
+        if self._settings is not None:
+            self._settings.apply()
+        return rasterio.open(self._gdal_path)
 
     def read(self, rows: Span, cols: Span) -> tuple[np.ndarray, np.ndarray]:
         window = Window(cols.start, rows.start, cols.size, rows.size)
@@ -90,7 +101,7 @@ class GdalReader:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._pool = HandlePool(lambda: rasterio.open(self.path))
+        self._pool = HandlePool(self._open)
 
 
 def _valid_where_not_nodata(data: np.ndarray, nodata: list[float]) -> np.ndarray:
