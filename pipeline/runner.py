@@ -21,9 +21,11 @@ import numpy as np
 import torch
 
 from tiling.normalize import Normalization
+from tiling.storage import StoragePath, is_remote
 
 from .batch_sizer import CANDIDATE_BATCHES, BatchSizer
 from .checkpoint import Checkpoint, ModelCard, load_checkpoint
+from .checkpoint_download import remote_digest
 from .devices import PRECISIONS, process_device, process_forward_threads
 from .forward_pool import ForwardPool, Origin, TileRequest
 from .model import activation_bytes_per_tile, logits_to_probs
@@ -53,6 +55,9 @@ class ModelSpec:
 
     @classmethod
     def for_checkpoint(cls, path: str | os.PathLike[str], **settings: object) -> ModelSpec:
+        if is_remote(path):  # identified by its weights: each worker downloads it once
+            url = os.fspath(path)
+            return cls(checkpoint=url, fingerprint=remote_digest(StoragePath(url)), **settings)  # type: ignore[arg-type]
         path = os.path.abspath(path)
         stat = os.stat(path)
         return cls(checkpoint=path, fingerprint=f"{stat.st_size}-{stat.st_mtime_ns}", **settings)  # type: ignore[arg-type]
