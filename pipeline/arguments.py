@@ -148,6 +148,7 @@ def add_predict(sub: Any, common: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", default=None, help="continue an interrupted run from its work store"
     )
     g.add_argument("--work-dir", help="folder or fsspec URL for the work store (default: next to the output)")
+    g.add_argument("--scratch-dir", help="local folder where an s3:// output is assembled before upload (temp)")
     g.add_argument("--scheduler", help="threads or tcp://HOST:PORT of a running Dask scheduler (default: threads)")
     g.add_argument("--cluster", help="local:N, a local Dask cluster of N worker processes")
     g.add_argument("--report", help="write Dask's performance report (HTML) here, for cluster runs")

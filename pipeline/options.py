@@ -66,6 +66,8 @@ class PredictOptions(UpdatableOptions):
     overwrite: bool = False
     resume: bool = False
     work_dir: str | None = None
+    #: Local folder an output at a URL is assembled in before its upload (default: the system's temporary folder).
+    scratch_dir: str | None = None
     scheduler: str | None = None
     cluster: str | None = None
     report: str | None = None

@@ -51,7 +51,8 @@ from .run_plan import ModelSource, RunPlan, plan_run
 class PredictReport:
     """What a run did."""
 
-    outputs: list[Path]
+    #: Paths, or the URLs of outputs written to object storage.
+    outputs: list[Path | str]
     format: str
     tiles_total: int
     tiles_run: int
@@ -124,7 +125,7 @@ def predict(
             release_free_memory()  # what the chunks freed, before the assembly allocates its own
         products = write_products(opts, plan, run.objects)
     return PredictReport(
-        outputs=[*plan.output.paths, *products.paths],
+        outputs=[*plan.output.names, *products.paths],
         format=plan.output.format.name,
         tiles_total=plan.grid.n_tiles,
         tiles_run=run.stats.tiles.run,

@@ -27,6 +27,7 @@ from tiling.plan import ChunkPlan
 from tiling.readers import RasterReader, open_raster
 from tiling.storage import StoragePath
 from tiling.writers import (
+    Destination,
     OutputContent,
     OutputSpec,
     RunOutput,
@@ -105,6 +106,8 @@ class RunPlan:
 
     def close(self) -> None:
         self.reader.close()
+        if self.output is not None:
+            self.output.destination.discard()  # an output uploaded to a URL: its scratch copy
 
     def __enter__(self) -> RunPlan:
         return self
@@ -143,13 +146,14 @@ def plan_run(
     tile = opts.tile or card.tile_size
     card.model.check_tile(tile)
     overlap = resolve_overlap(opts.overlap, tile)
-    fmt, work, chunk = None, None, opts.chunk
+    fmt, work, chunk, destination = None, None, opts.chunk, None
     if output is not None:
         spec = OutputSpec(opts.output_kind, opts.probs_dtype, opts.threshold)
-        fmt = output_format(Path(output), spec, opts.format)
-        fmt.check_destination(opts.overwrite)  # before any work: an unusable destination fails now
-        check_products(opts, Path(output))
-        work = StoreLocation.for_output(Path(output), opts.work_dir)
+        destination = Destination.of(output, opts.scratch_dir)
+        fmt = output_format(destination.assembly_path, spec, opts.format)
+        destination.check(fmt, opts.overwrite)  # before any work: an unusable destination fails now
+        check_products(opts, destination.assembly_path)
+        work = StoreLocation.for_output(destination.target, opts.work_dir)
         if opts.resume and chunk is None:
             chunk = _recorded_chunk(work)
 
@@ -186,7 +190,7 @@ def plan_run(
             if instances is not None and opts.min_object_area is not None:
                 instances = replace(instances, min_area=opts.min_object_area)
             content = OutputContent(reader.info, layers, card.class_names, instances, fmt.spec.threshold)
-            run_output = RunOutput(fmt, content, work)
+            run_output = RunOutput(fmt, content, work, destination)
     except BaseException:
         reader.close()
         raise
