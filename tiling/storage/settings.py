@@ -48,6 +48,8 @@ class StorageSettings:
     """The GDAL settings of a process for object storage (picklable, so readers carry them to workers)."""
 
     gdal: tuple[tuple[str, str], ...]
+    #: ``AWS_ENDPOINT_URL`` where it was read, for s3fs/botocore in processes that lack it (a remote worker).
+    endpoint: str | None = None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> StorageSettings:
@@ -61,11 +63,13 @@ class StorageSettings:
             # A custom endpoint addresses buckets by path (http://host/bucket/key): MinIO and test servers have
             # no wildcard DNS for bucket.host.
             options["AWS_VIRTUAL_HOSTING"] = "FALSE"
-        return cls(tuple(sorted((k, v) for k, v in options.items() if not _user_set(k, env))))
+        gdal = tuple(sorted((k, v) for k, v in options.items() if not _user_set(k, env)))
+        return cls(gdal, env.get("AWS_ENDPOINT_URL"))
 
     def apply(self) -> None:
         """Set the settings in this process's environment (where GDAL reads them), each unless the user set it."""
-        for key, value in self.gdal:
+        endpoint = (("AWS_ENDPOINT_URL", self.endpoint),) if self.endpoint else ()
+        for key, value in (*self.gdal, *endpoint):
             if not _user_set(key, os.environ):
                 os.environ[key] = _APPLIED[key] = value
 
