@@ -120,3 +120,24 @@ def test_the_scratch_space_is_checked_against_the_plan(s3, scene, tmp_path: Path
     monkeypatch.setattr(disk.shutil, "disk_usage", lambda p: real(p)._replace(free=0))
     with pytest.raises(OutputError, match=rf"not enough free disk space.* in {re.escape(str(tmp_path))}: "):
         predict(url_in, f"s3://{s3.new_bucket()}/out.tif", checkpoint, chunk=64, scratch_dir=str(tmp_path))
+
+
+def test_preview_and_polygons_at_urls(s3, scene, tmp_path: Path, checkpoint: Path) -> None:  # noqa: F811
+    local_in, url_in = scene
+    bucket = s3.new_bucket()
+    products = {"preview": str(tmp_path / "p.png"), "vector": str(tmp_path / "p.geojson")}
+    predict(local_in, tmp_path / "out.tif", checkpoint, chunk=64, **products)
+    report = predict(
+        url_in,
+        f"s3://{bucket}/out.tif",
+        checkpoint,
+        chunk=64,
+        preview=f"s3://{bucket}/p.png",
+        vector=f"s3://{bucket}/p.geojson",
+    )
+    assert report.outputs == [f"s3://{bucket}/out.tif", f"s3://{bucket}/p.png", f"s3://{bucket}/p.geojson"]
+    fs, _ = StoragePath(f"s3://{bucket}").filesystem()
+    assert fs.cat_file(f"{bucket}/p.png") == (tmp_path / "p.png").read_bytes()
+    assert fs.cat_file(f"{bucket}/p.geojson") == (tmp_path / "p.geojson").read_bytes()
+    with pytest.raises(OutputError, match=rf"output s3://{bucket}/p.png already exists"):
+        predict(url_in, f"s3://{bucket}/other.tif", checkpoint, chunk=64, preview=f"s3://{bucket}/p.png")

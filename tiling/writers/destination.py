@@ -67,16 +67,20 @@ class Destination:
         if self.scratch is None:
             fmt.check_destination(overwrite)
             return
-        for path in fmt.paths():
-            target = self.target.sibling(path.name)
-            if target.exists() and not overwrite:
-                raise OutputError(f"output {target} already exists (pass {option('overwrite')} to replace it)")
+        self.check_remote([path.name for path in fmt.paths()], overwrite)
+
+    def check_remote(self, names: list[str], overwrite: bool) -> None:
+        """Refuse existing objects ``names`` beside the target (unless ``overwrite``), and a missing bucket."""
         scheme, rest = self.target.url.split("://", 1)
         if scheme in ("http", "https"):
             raise OptionError(f"cannot write to {scheme}:// URLs: give an s3:// (or other object store) URL")
         bucket = StoragePath(f"{scheme}://{rest.split('/', 1)[0]}")
         if not bucket.exists():
             raise OutputError(f"output bucket {bucket} does not exist")
+        for name in names:
+            target = self.target.sibling(name)
+            if target.exists() and not overwrite:
+                raise OutputError(f"output {target} already exists (pass {option('overwrite')} to replace it)")
 
     def publish(self, paths: list[Path], overwrite: bool = True) -> None:
         """Upload the finished ``paths`` (files or Zarr folders in the scratch folder) to their URLs."""
