@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import storage_error
+from .read_cache import SmallReadAheadCache
 
 #: fsspec scheme → GDAL virtual file system.
 _GDAL_PREFIX = {"s3": "/vsis3/", "gs": "/vsigs/", "gcs": "/vsigs/", "az": "/vsiaz/", "abfs": "/vsiaz/"}
 _FROM_GDAL = {"/vsis3/": "s3://", "/vsigs/": "gs://", "/vsiaz/": "az://", "/vsiadls/": "abfs://"}
 _CURL = "/vsicurl/"
-#: A remote TIFF is read through fsspec in blocks this big: tifffile's many small reads of tags come from one
-#: request, while a tile read fetches little beyond the tile.
+#: Small reads of a remote file (a TIFF's tags) come from requests of this many bytes; tile reads are exact
+#: (``read_cache.SmallReadAheadCache``).
 READ_BLOCK = 64 * 2**10
 
 
@@ -133,7 +134,7 @@ class StoragePath:
             return open(self.text, "rb")
         fs, path = self.filesystem()
         try:
-            return fs.open(path, "rb", block_size=block_size, cache_type="readahead")  # type: ignore[no-any-return]
+            return fs.open(path, "rb", block_size=block_size, cache_type=SmallReadAheadCache.name)  # type: ignore[no-any-return]
         except Exception as exc:
             raise storage_error(exc, self.text) from None
 
