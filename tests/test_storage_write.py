@@ -141,3 +141,43 @@ def test_preview_and_polygons_at_urls(s3, scene, tmp_path: Path, checkpoint: Pat
     assert fs.cat_file(f"{bucket}/p.geojson") == (tmp_path / "p.geojson").read_bytes()
     with pytest.raises(OutputError, match=rf"output s3://{bucket}/p.png already exists"):
         predict(url_in, f"s3://{bucket}/other.tif", checkpoint, chunk=64, preview=f"s3://{bucket}/p.png")
+
+
+def test_killed_with_sigkill_then_resumed_from_the_s3_work_store(s3, tmp_path: Path) -> None:  # noqa: F811
+    """A CLI run writing to S3, killed once some chunks are flagged done in its S3 work store, resumes from there:
+    only the unfinished chunks run and the output equals an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import make_checkpoint
+
+    scene = write_geotiff(tmp_path / "big.tif", random_image((3, 512, 512), seed=5))
+    bucket = s3.new_bucket()
+    url_in = s3.upload(scene, f"s3://{bucket}/big.tif")
+    model = make_checkpoint(tmp_path / "m.safetensors", tile=64, depth=3, base_width=8)
+    args = ["--model", str(model), "--chunk", "128", "--workers", "1", "--batch-size", "2", "--output-kind", "probs"]
+    cli = [sys.executable, "-m", "pipeline.cli", "predict", url_in]
+    reference = tmp_path / "ref.zarr"
+    subprocess.run([*cli, str(reference), *args], check=True, capture_output=True)
+    out = f"s3://{bucket}/out.zarr"
+    process = subprocess.Popen([*cli, out, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
+        if len(s3.keys(bucket, "out.zarr.partial/done/c/")) >= 3:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not [k for k in s3.keys(bucket) if k.startswith("out.zarr/")]
+    done = len(s3.keys(bucket, "out.zarr.partial/done/c/"))
+    resumed = subprocess.run([*cli, out, *args, "--resume"], capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    match = re.search(r"resumed: (\d+) chunk\(s\) computed, (\d+) kept from the earlier run", resumed.stderr)
+    assert match and int(match.group(2)) == done and int(match.group(1)) == 16 - done, resumed.stderr
+    expected = zarr.open_group(str(reference), mode="r")["probs"][:]
+    np.testing.assert_allclose(zarr.open_group(out, mode="r")["probs"][:], expected, atol=1e-5, rtol=0)
+    assert not s3.keys(bucket, "out.zarr.partial/")

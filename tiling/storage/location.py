@@ -22,7 +22,7 @@ _FROM_GDAL = {"/vsis3/": "s3://", "/vsigs/": "gs://", "/vsiaz/": "az://", "/vsia
 _CURL = "/vsicurl/"
 #: Small reads of a remote file (a TIFF's tags) come from requests of this many bytes; tile reads are exact
 #: (``read_cache.SmallReadAheadCache``).
-READ_BLOCK = 64 * 2**10
+READ_BLOCK = 16 * 2**10
 
 
 @dataclass(frozen=True)
