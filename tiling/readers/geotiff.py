@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import threading
+import warnings
 from typing import Any
 
 import numpy as np
 import rasterio
 from rasterio.enums import MaskFlags, Resampling
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from ..errors import InputError
 from ..plan import Span
 from ..storage import StoragePath, StorageSettings
 from .base import HandlePool, RasterInfo, check_dtype, check_shape, nan_free, read_error, select_bands
+
+#: Opening under ``warnings.catch_warnings`` one thread at a time: the filter list it swaps is global.
+_OPENING = threading.Lock()
+
+
+def open_quietly(path: str) -> Any:
+    """``rasterio.open(path)`` without its ``NotGeoreferencedWarning``: a PNG, a JPEG or a slide has no map
+    georeferencing and needs none (tilewise reports what lacks it where it matters, e.g. a COG output)."""
+    with _OPENING, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path)
 
 
 class GdalReader:
@@ -58,7 +71,7 @@ class GdalReader:
     def _open(self) -> Any:
         if self._settings is not None:
             self._settings.apply()
-        return rasterio.open(self._gdal_path)
+        return open_quietly(self._gdal_path)
 
     def read(self, rows: Span, cols: Span) -> tuple[np.ndarray, np.ndarray]:
         window = Window(cols.start, rows.start, cols.size, rows.size)
