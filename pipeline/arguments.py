@@ -12,7 +12,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
-from .options import PRECISION_NAMES, TTA_MODES, VECTOR_STYLES, PredictOptions
+from .options import BACKEND_NAMES, PRECISION_NAMES, TTA_MODES, VECTOR_STYLES, PredictOptions
 
 TOOL = "Segment rasters larger than memory (satellite scenes, whole-slide images) with a U-Net, and train it."
 PREDICT_EXAMPLES = """examples:
@@ -125,6 +125,12 @@ def add_predict(sub: Any, common: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="run convolutions in channels-last memory layout, faster on CPUs (default: on)",
+    )
+    g.add_argument(
+        "--backend",
+        choices=BACKEND_NAMES,
+        help="engine: torch, onnxruntime (tilewise[onnx]), openvino (tilewise[openvino]), or auto: the fastest "
+        f"installed, timed on the first tiles ({_default('backend')})",
     )
     g.add_argument("--tta", choices=TTA_MODES, help=f"test-time augmentation ({_default('tta')})")
     g = p.add_argument_group("outputs")

@@ -35,6 +35,7 @@ from tiling.writers import (
     recorded_run,
 )
 
+from .backends import check_backend
 from .budget import ChunkCost, ResourcePlan, parse_size, plan_resources
 from .checkpoint import Checkpoint, ModelCard, checkpoint_fingerprint, read_card, weights_fingerprint
 from .devices import check_precision, resolve_device
@@ -130,6 +131,7 @@ def plan_run(
     """
     device = resolve_device(opts.device, here=not distributed)
     check_precision(opts.precision, device)
+    check_backend(opts.backend, device, opts.precision)
     card = None if model is None else model.card if isinstance(model, Checkpoint) else read_card(model)
     if card is None:
         card = _default_card(input, opts)
@@ -209,6 +211,7 @@ def _model_spec(model: ModelSource | None, device: str, opts: PredictOptions) ->
         "precision": opts.precision,
         "channels_last": opts.channels_last is not False,
         "tta": opts.tta,
+        "backend": opts.backend,
         "batch_size": opts.batch_size,
         "max_batch": max_batch_size(device, opts.batch_size),
     }
