@@ -103,7 +103,7 @@ def _agreement(labels: str, reference: str) -> float:
         return float((a.read(1) == b.read(1)).mean())
 
 
-def run_table(sizes: list[int], workdir: Path, engines: list[str], repeats: int, model: str) -> None:
+def run_table(sizes: list[int], workdir: Path, engines: list[str], repeats: int, model: str, pairs: int = 2) -> None:
     from pipeline.backends import installed
 
     engines = [e for e in engines if installed(e.split(":")[0])]
@@ -113,7 +113,7 @@ def run_table(sizes: list[int], workdir: Path, engines: list[str], repeats: int,
         for round_ in range(repeats):
             for engine in engines if round_ % 2 == 0 else engines[::-1]:
                 cmd = [sys.executable, "-m", "benchmarks.backends", "--child", engine, "--scene", str(scene)]
-                cmd += ["--workdir", str(workdir), "--model", model]
+                cmd += ["--workdir", str(workdir), "--model", model, "--pairs", str(pairs)]
                 done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
                 figures = json.loads(done.stdout.splitlines()[-1])
                 kept = best.setdefault(engine, figures)
@@ -149,14 +149,15 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", default=list(ENGINES))
     parser.add_argument("--repeats", type=int, default=2, help="rounds of alternating processes")
     parser.add_argument("--model", default="default", help="default (random U-Net 16/4) or a checkpoint's path")
+    parser.add_argument("--pairs", type=int, default=2, help="warm end-to-end / model-alone pairs per process")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--scene", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.child:
-        print(json.dumps(child(args.scene, args.workdir, args.child, args.model)))
+        print(json.dumps(child(args.scene, args.workdir, args.child, args.model, args.pairs)))
         return
-    run_table(args.sizes, args.workdir, args.engines, args.repeats, args.model)
+    run_table(args.sizes, args.workdir, args.engines, args.repeats, args.model, args.pairs)
 
 
 if __name__ == "__main__":
