@@ -26,7 +26,7 @@ from .backends import Backend
 from .backends.choice import BackendSetup, build_backend, fastest_backend
 from .batch_sizer import CANDIDATE_BATCHES, BatchSizer
 from .checkpoint import Checkpoint, ModelCard, load_checkpoint, weights_fingerprint
-from .devices import PRECISIONS, process_device, process_forward_threads
+from .devices import PRECISIONS, available_cores, process_device, process_forward_threads, set_torch_threads
 from .forward_pool import ForwardPool, Origin, TileRequest
 from .model import activation_bytes_per_tile
 from .staging import BatchStager, StagedBatch
@@ -239,6 +239,9 @@ class ModelRunner:
         """Stack the tiles of ``request`` at ``origins``, run them, and report the batch's time to the sizer."""
         batch = _stacked(request.image, origins, request.tile)
         batch_valid = None if request.valid is None else _stacked(request.valid, origins, request.tile)
+        # A thread's OpenMP team keeps the size it had when the thread first ran torch: a pool thread that served
+        # a run of one forward thread would otherwise run two-core passes side by side with another's.
+        set_torch_threads(max(1, available_cores() // process_forward_threads().count))
         began, cpu_began = time.perf_counter(), time.thread_time()
         with self._forward_lock:
             probs = self.probabilities(batch, batch_valid, request.normalization)
