@@ -34,6 +34,8 @@ class OnnxRuntimeBackend:
                 options.intra_op_num_threads = threads
                 options.inter_op_num_threads = 1
                 options.log_severity_level = 3
+                # Idle intra-op threads sleep, as tilewise's OpenMP threads do (pipeline/__init__.py).
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
                 self._sessions[threads] = session
             return session
