@@ -1,4 +1,5 @@
-"""Runs tiles through the model: batched, under autocast, with optional flip TTA.
+"""Runs tiles through the model: batched, normalised on the device, with optional flip TTA; the forward pass
+itself is the engine's (``backends``: torch under autocast, ONNX Runtime or OpenVINO), made on the first batch.
 
 A runner is made once per process and model (``cache.model_cache``) and shared by the process's threads. On a
 CPU several forward passes run side by side, each on its share of the cores, on the threads of a
