@@ -93,7 +93,11 @@ def _reading(p: argparse.ArgumentParser) -> None:
 
 def _tiling(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tiles and memory")
-    g.add_argument("--tile", type=int, help="tile size in pixels (default: the checkpoint's)")
+    g.add_argument(
+        "--tile",
+        type=int,
+        help="tile size in pixels; for a valid-padding model the output tile (default: the checkpoint's)",
+    )
     g.add_argument("--overlap", type=_overlap, help=f"pixels (64) or a fraction of the tile ({_default('overlap')})")
     g.add_argument("--chunk", type=_int_or_auto, help="output chunk in pixels, or auto (default: auto, planned)")
     g.add_argument("--workers", type=int, help="chunks in flight (default: planned from memory and cores)")
