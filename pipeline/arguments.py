@@ -260,7 +260,7 @@ def add_train(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--ignore-value", type=_ignore_value, help="mask value (or #RRGGBB) of unlabelled pixels")
     g.add_argument("--instance-classes", help="instance masks: CSV of object id → class name (default: all one class)")
     g.add_argument("--mpp", type=float, help="the images' pixel size in µm, recorded for predict (default: none)")
-    g.add_argument("--tile", type=int, help="training tile size in pixels (default: 256)")
+    g.add_argument("--tile", type=int, help="training (output) tile size in pixels (default: 256)")
     g.add_argument("--oversample", type=float, help="share of tiles centred on a randomly drawn class (default: 0)")
     g.add_argument("--elastic", action=argparse.BooleanOptionalAction, default=None, help="elastic deformation (off)")
     g = t.add_argument_group("objects")
@@ -277,6 +277,11 @@ def add_train(sub: Any, common: argparse.ArgumentParser) -> None:
     g = t.add_argument_group("model")
     g.add_argument("--base-width", type=int, help="U-Net channels at the first level (default: 16)")
     g.add_argument("--depth", type=int, help="U-Net poolings (default: 4)")
+    g.add_argument(
+        "--padding",
+        choices=("same", "valid"),
+        help="same: padded convs; valid: the paper's unpadded convs, --tile is then the output tile (default: same)",
+    )
     g = t.add_argument_group("loop")
     g.add_argument("--epochs", type=int, help="epochs (default: 20)")
     g.add_argument("--steps-per-epoch", type=int, help="optimiser steps per epoch (default: 50)")

@@ -9,6 +9,7 @@ border. Both read *input-frame* spans: ``before`` pixels earlier than the output
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,18 +65,28 @@ class MirroredInput:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The raw pixels and validity under ``rows`` × ``cols`` (which may reach past the raster on any side),
         mirrored back into it: the covering part of the raster is read once and indexed."""
-        height, width = raster_shape
-        r, c = reflect_indices(rows, height), reflect_indices(cols, width)
-        r0, c0 = int(r.min()), int(c.min())
-        data, valid = reader.read(Span(r0, int(r.max()) + 1), Span(c0, int(c.max()) + 1))
-        inside = rows.start >= 0 and rows.stop <= height and cols.start >= 0 and cols.stop <= width
-        if inside:  # the window itself, already in order
-            return data, valid
-        r, c = r - r0, c - c0
-        return data[..., r[:, None], c[None, :]], valid[r[:, None], c[None, :]]
+        data, valid = mirrored_read(reader.read, rows, cols, raster_shape)
+        assert data is not None and valid is not None
+        return data, valid
 
 
 TileInput = PaddedInput | MirroredInput
+
+
+def mirrored_read(
+    read: Callable[[Span, Span], tuple[np.ndarray | None, ...]], rows: Span, cols: Span, raster_shape: tuple[int, int]
+) -> tuple[np.ndarray | None, ...]:
+    """What ``read`` (arrays whose last two axes are a window inside the raster; None passes through) gives for
+    ``rows`` × ``cols``, which may reach past the raster on any side: numpy-``reflect`` mirrored into it. The
+    covering part of the raster is read once and indexed."""
+    height, width = raster_shape
+    r, c = reflect_indices(rows, height), reflect_indices(cols, width)
+    r0, c0 = int(r.min()), int(c.min())
+    arrays = read(Span(r0, int(r.max()) + 1), Span(c0, int(c.max()) + 1))
+    if rows.start >= 0 and rows.stop <= height and cols.start >= 0 and cols.stop <= width:
+        return arrays  # the window itself, already in order
+    r, c = r - r0, c - c0
+    return tuple(None if a is None else a[..., r[:, None], c[None, :]] for a in arrays)
 
 
 def _pad_to(array: np.ndarray, rows: int, cols: int, value: float | bool) -> np.ndarray:
