@@ -12,6 +12,8 @@ import sys
 from importlib import metadata
 from typing import Any
 
+from tiling.windows import BLEND_KINDS
+
 from .options import PRECISION_NAMES, TTA_MODES, VECTOR_STYLES, PredictOptions
 
 TOOL = "Segment rasters larger than memory (satellite scenes, whole-slide images) with a U-Net, and train it."
@@ -119,7 +121,7 @@ def add_predict(sub: Any, common: argparse.ArgumentParser) -> None:
     _reading(p)
     _tiling(p)
     g = p.add_argument_group("model and inference")
-    g.add_argument("--blend", choices=("gaussian", "cosine", "constant"), help=f"blend window ({_default('blend')})")
+    g.add_argument("--blend", choices=BLEND_KINDS, help=f"blend window ({_default('blend')})")
     g.add_argument("--sigma", type=float, help=f"Gaussian σ as a fraction of the tile ({_default('sigma')})")
     g.add_argument("--batch-size", type=_int_or_auto, help="tiles per forward pass, or auto (default: auto, timed)")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
