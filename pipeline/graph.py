@@ -5,6 +5,10 @@ exactly once), accumulates ``Σ w·p`` and ``Σ w`` over the chunk plus the tile
 the output chunk they land on. The blend task of a chunk adds what its own task and its upper/left neighbours
 sent, divides, and the write task stores the result. No task holds more than a chunk and its overhang, and the
 graph carries only small descriptions: the reader reopens its file and the model is loaded once per process.
+
+A valid-convolution model's tiles (``pipeline.layout``) run through the same graph: they abut, so the sums hold
+one probability per pixel with weight 1, and each task reads its window with the tiles' context around it
+(``TileJob.input``), mirrored where it leaves the raster.
 """
 
 from __future__ import annotations
