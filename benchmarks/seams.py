@@ -72,6 +72,7 @@ def tiled(index: int, checkpoint_path: Path, workdir: Path, **options: object) -
 
     from pipeline import predict
 
+    workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / f"slice{index}.zarr"
     predict(DATA / "image" / f"{index}.png", out, checkpoint_path, output_kind="probs", overwrite=True, **options)
     return zarr.open_group(str(out), mode="r")["probs"][:]
@@ -100,7 +101,8 @@ def report(name: str, run: Callable[[int, np.ndarray], np.ndarray], wholes: dict
     began = time.perf_counter()
     pairs = [(run(i, _slice(i)), wholes[i]) for i in HELD_OUT]
     agree, delta = compare(pairs)
-    print(f"  {name:<44} agreement {100 * agree:8.4f} %   max |Δp| {delta:.2e}   ({time.perf_counter() - began:.0f} s)")
+    seconds = time.perf_counter() - began
+    print(f"  {name:<44} agreement {100 * agree:8.4f} %   max |Δp| {delta:.2e}   ({seconds:.0f} s)", flush=True)
 
 
 def train_model(path: Path, epochs: int, steps: int, **overrides: object) -> None:
@@ -114,11 +116,11 @@ def train_model(path: Path, epochs: int, steps: int, **overrides: object) -> Non
     )
 
 
-def seams(same_path: Path, valid_path: Path, workdir: Path) -> None:
+def seams_same(same_path: Path, workdir: Path) -> None:
     from pipeline import load_checkpoint
 
-    same, valid = load_checkpoint(same_path), load_checkpoint(valid_path)
-    print(f"held-out ISBI slices {HELD_OUT.start}-{HELD_OUT.stop - 1}, against one whole-image pass:")
+    same = load_checkpoint(same_path)
+    print(f"held-out ISBI slices {HELD_OUT.start}-{HELD_OUT.stop - 1}, against one whole-image pass:", flush=True)
     wholes = {i: whole_image_pass(_slice(i), same) for i in HELD_OUT}
     for tile in TILES:
         for overlap in OVERLAPS:
@@ -134,6 +136,12 @@ def seams(same_path: Path, valid_path: Path, workdir: Path) -> None:
             for mode in ("gaussian", "constant"):
                 name = f"same, MONAI, roi {tile}, overlap {overlap}, {mode}"
                 report(name, lambda _i, image, a=(tile, overlap, mode): monai_pass(image, same, *a), wholes)
+
+
+def seams_valid(valid_path: Path, workdir: Path) -> None:
+    from pipeline import load_checkpoint
+
+    valid = load_checkpoint(valid_path)
     wholes = {i: whole_image_pass(_slice(i), valid) for i in HELD_OUT}
     for tile in TILES:
         name = f"valid, predict, output tile {tile} (abutting)"
@@ -186,7 +194,8 @@ def main() -> None:
     if valid is None:
         valid = args.out / "valid.safetensors"
         train_model(valid, args.epochs, args.steps_per_epoch, padding="valid", tile=VALID_TILE)
-    seams(same, valid, args.out)
+    seams_same(same, args.out / "same")
+    seams_valid(valid, args.out / "valid")
     if args.scene:
         timing(same, valid, args.out, args.scene)
 
