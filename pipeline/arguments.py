@@ -204,7 +204,6 @@ def _version() -> str:
 #: Training settings that only a config's ``train:`` section sets (a test keeps this list whole).
 CONFIG_ONLY_TRAIN_KEYS = (
     "palette",
-    "about",
     "upsampling",
     "batch_norm",
     "val_overlap",
@@ -216,6 +215,7 @@ CONFIG_ONLY_TRAIN_KEYS = (
     "elastic_sigma",
     "elastic_grid",
     "weight_decay",
+    "about",
 )
 
 

@@ -31,14 +31,12 @@ import multiprocessing
 import os
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from rasterio.errors import NotGeoreferencedWarning
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
@@ -210,9 +208,7 @@ def _as_is(item: BatchArrays | TilewiseError) -> BatchArrays | TilewiseError:
 
 
 def _start_worker(worker: int) -> None:
-    """Worker set-up: PNG/JPEG training sets have no georeferencing, and need none (as in ``train``); leave
-    when the training process is gone."""
-    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    """Worker set-up: leave when the training process is gone."""
     training = multiprocessing.parent_process()
     if training is None:
         raise RuntimeError("a loader worker without a parent process")
