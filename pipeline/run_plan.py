@@ -259,7 +259,7 @@ def plan_memory(
     model_bound = not device.startswith("cuda") and macs_per_pixel(model) >= MODEL_BOUND_MACS_PER_PIXEL
     return plan_resources(
         grid,
-        ChunkCost(bands, model.classes, np.dtype(dtype).itemsize),
+        ChunkCost(bands, model.classes, np.dtype(dtype).itemsize, input_size - grid.tile),
         model_bytes=parameter_bytes(model) + (0 if on_cpu else batch_bytes // 8),  # GPU: host-side batch buffers
         memory_limit=parse_size(opts.memory_limit) if opts.memory_limit is not None else None,
         chunk=chunk,
