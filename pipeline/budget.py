@@ -160,11 +160,14 @@ class ChunkCost:
     bands: int
     classes: int
     itemsize: int
+    #: Pixels a tile's input is wider than its output (a valid model's context on both sides; 0 for 'same').
+    context: int = 0
 
     def per_chunk(self, chunk: int, tile: int) -> int:
         """Bytes held by one chunk in flight (input window, accumulators, blended and encoded output)."""
         extent = (chunk + tile) ** 2
-        window = extent * (self.bands * (self.itemsize + 4) + 1 + 4 * (self.classes + 1))
+        read = (chunk + tile + self.context) ** 2
+        window = read * (self.bands * (self.itemsize + 4) + 1) + extent * 4 * (self.classes + 1)
         output = chunk * chunk * (8 * (self.classes + 1) + 1 + 4 * self.classes)
         return window + output
 

@@ -37,10 +37,12 @@ from tiling.writers import (
     recorded_run,
 )
 
+from .backends import check_backend
 from .budget import ChunkCost, ResourcePlan, parse_size, plan_resources
 from .checkpoint import Checkpoint, ModelCard, checkpoint_fingerprint, read_card, weights_fingerprint
 from .devices import check_precision, resolve_device
 from .graph import TileJob
+from .layout import tile_input, tile_layout
 from .model import UNetConfig, activation_bytes_per_tile, macs_per_pixel, parameter_bytes
 from .options import PredictOptions
 from .products import check_products
@@ -140,6 +142,7 @@ def plan_run(
     """
     device = resolve_device(opts.device, here=not distributed)
     check_precision(opts.precision, device)
+    check_backend(opts.backend, device, opts.precision)
     card = None if model is None else model.card if isinstance(model, Checkpoint) else read_card(model)
     if card is None:
         card = _default_card(input, opts)
@@ -176,10 +179,13 @@ def plan_run(
         normalization = (
             Normalization.from_mapping(opts.normalization, bands) if opts.normalization else card.normalization
         )
-        grid = TileGrid(reader.info.height, reader.info.width, tile, overlap)
+        layout = tile_layout(card.model, reader.info.height, reader.info.width, tile, overlap, opts.blend)
+        grid = layout.grid
         resources = plan_memory(grid, card.model, bands, reader.info.dtype, device, opts, chunk, distributed)
         spec = _model_spec(model, device, opts)
-        job = TileJob(tile, opts.blend, float(opts.sigma), normalization, card.model.classes, spec, opts.min_valid)
+        job = TileJob(
+            tile, layout.blend, float(opts.sigma), normalization, card.model.classes, spec, opts.min_valid, layout.input
+        )
         chunks = ChunkPlan(grid, (resources.chunk, resources.chunk))
         scale = opts.mask_scale or mask_scale(grid.height, grid.width, tile)
         mask = make_mask(reader, opts.mask, scale, opts.tissue_channel, opts.tissue_threshold)
@@ -220,6 +226,7 @@ def _model_spec(model: ModelSource | None, device: str, opts: PredictOptions) ->
         "precision": opts.precision,
         "channels_last": opts.channels_last is not False,
         "tta": opts.tta,
+        "backend": opts.backend,
         "batch_size": opts.batch_size,
         "max_batch": max_batch_size(device, opts.batch_size),
     }
@@ -260,12 +267,13 @@ def plan_memory(
     length and the workers are separate processes: threads of one process share their forward passes through
     the runner's pool, so a thread left with the last chunk is not left alone with it.
     """
-    batch_bytes = max_batch_size(device, opts.batch_size) * activation_bytes_per_tile(model, grid.tile)
+    input_size = tile_input(model, grid.tile).input_size(grid.tile)
+    batch_bytes = max_batch_size(device, opts.batch_size) * activation_bytes_per_tile(model, input_size)
     on_cpu = device == "cpu"
     model_bound = not device.startswith("cuda") and macs_per_pixel(model) >= MODEL_BOUND_MACS_PER_PIXEL
     return plan_resources(
         grid,
-        ChunkCost(bands, model.classes, np.dtype(dtype).itemsize),
+        ChunkCost(bands, model.classes, np.dtype(dtype).itemsize, input_size - grid.tile),
         model_bytes=parameter_bytes(model) + (0 if on_cpu else batch_bytes // 8),  # GPU: host-side batch buffers
         memory_limit=parse_size(opts.memory_limit) if opts.memory_limit is not None else None,
         chunk=chunk,

@@ -16,10 +16,9 @@ than MIN_NUCLEI.
 
 from __future__ import annotations
 
+import csv
 import sys
 from pathlib import Path
-
-import csv
 
 import numpy as np
 import rasterio

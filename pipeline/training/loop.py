@@ -99,6 +99,7 @@ def _train(opts: TrainOptions, on_epoch: Callable[[dict[str, Any]], None] | None
         depth=opts.depth,
         upsampling=opts.upsampling,
         batch_norm=opts.batch_norm,
+        padding=opts.padding,
     )
     config_.check_tile(opts.tile)
     rule = target_rule(opts)

@@ -31,6 +31,7 @@ from .options import TrainOptions
 from .records import plot_curves, read_metrics, write_metrics
 from .state import load_state, planned_epochs, save_state
 from .validation import ValidationGrid, validate
+from .windows import training_tile
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,11 @@ class Run:
         )
         spec = BatchSpec(opts.seed, opts.epochs, opts.steps_per_epoch, opts.batch_size, opts.tile)
         sampler = TileSampler(pairs, found, opts.tile, opts.oversample)
-        self.batches = TrainingBatches(spec, pairs, sampler, found.normalization, augment)
+        window = training_tile(config, opts.tile)
+        self.batches = TrainingBatches(spec, pairs, sampler, found.normalization, augment, window)
         overlap = resolve_overlap(opts.val_overlap, opts.tile)
         self.validation = ValidationGrid.over(
-            val_pairs, opts.tile, overlap, found.normalization, opts.class_names, opts.batch_size
+            val_pairs, opts.tile, overlap, found.normalization, opts.class_names, opts.batch_size, window
         )
         self.class_weights = class_weights(opts.class_weights, found.class_counts)
         self.loss: Loss = make_loss(opts.loss_name, opts.binary, self.class_weights)
