@@ -43,7 +43,8 @@ def area_weights(start: int, stop: int, factor: float, source: int) -> tuple[np.
     k = math.ceil(factor) + 1
     index = first[:, None] + np.arange(k)[None, :]
     overlap = np.clip(np.minimum(index + 1, hi[:, None]) - np.maximum(index, lo[:, None]), 0.0, None)
-    weights = overlap / overlap.sum(axis=1, keepdims=True)
+    total = overlap.sum(axis=1, keepdims=True)  # 0 for an output pixel wholly past the source's end
+    weights = np.divide(overlap, total, out=np.zeros_like(overlap), where=total > 0)
     return np.minimum(index, source - 1), weights.astype(np.float32)
 
 
