@@ -35,10 +35,11 @@ from tiling.writers import (
     recorded_run,
 )
 
-from .budget import ChunkCost, ResourcePlan, parse_size, plan_resources
+from .budget import ModelMemory, ResourcePlan, parse_size, plan_resources
 from .checkpoint import Checkpoint, ModelCard, checkpoint_fingerprint, read_card, weights_fingerprint
 from .devices import check_precision, resolve_device
 from .graph import TileJob
+from .memory_model import CPU_FORWARD_SLACK, CPU_NS_PER_MAC, ChunkCost, ChunkSpeed, encoded_bytes
 from .model import UNetConfig, activation_bytes_per_tile, macs_per_pixel, parameter_bytes
 from .options import PredictOptions
 from .products import check_products
@@ -166,7 +167,9 @@ def plan_run(
             Normalization.from_mapping(opts.normalization, bands) if opts.normalization else card.normalization
         )
         grid = TileGrid(reader.info.height, reader.info.width, tile, overlap)
-        resources = plan_memory(grid, card.model, bands, reader.info.dtype, device, opts, chunk, distributed)
+        resources = plan_memory(
+            grid, card.model, bands, reader.info.dtype, device, opts, chunk, distributed, fmt and fmt.spec
+        )
         spec = _model_spec(model, device, opts)
         job = TileJob(tile, opts.blend, float(opts.sigma), normalization, card.model.classes, spec, opts.min_valid)
         chunks = ChunkPlan(grid, (resources.chunk, resources.chunk))
@@ -242,23 +245,32 @@ def plan_memory(
     opts: PredictOptions,
     chunk: int | None,
     distributed: bool = False,
+    output: OutputSpec | None = None,
 ) -> ResourcePlan:
     """Chunk size and chunks in flight for a run of ``model`` over ``grid`` within the memory limit.
 
-    Chunks are balanced among workers (``budget.balanced_first``) only where the model's work sets the run's
-    length and the workers are separate processes: threads of one process share their forward passes through
-    the runner's pool, so a thread left with the last chunk is not left alone with it.
+    The chunk is the smallest that keeps the run at full speed: on a CPU the model's work per pixel
+    (``macs_per_pixel``) sets how small it may be; on a GPU the pipeline's, and chunks stay large. Chunks are
+    balanced among workers (``budget.balanced_sizes``) only where the model's work sets the run's length and
+    the workers are separate processes: threads of one process share their forward passes through the runner's
+    pool, so a thread left with the last chunk is not left alone with it.
     """
-    batch_bytes = max_batch_size(device, opts.batch_size) * activation_bytes_per_tile(model, grid.tile)
+    max_batch = max_batch_size(device, opts.batch_size)
     on_cpu = device == "cpu"
+    per_tile = activation_bytes_per_tile(model, grid.tile)
+    if on_cpu:  # every forward thread runs its own batches
+        per_forward = int(CPU_FORWARD_SLACK * max_batch * per_tile)
+    else:  # the host side of a batch: its input twice (staged while the previous one runs) and its probabilities
+        per_forward = max_batch * grid.tile**2 * (2 * (bands * np.dtype(dtype).itemsize + 1) + 4 * model.classes)
     model_bound = not device.startswith("cuda") and macs_per_pixel(model) >= MODEL_BOUND_MACS_PER_PIXEL
+    model_ns = CPU_NS_PER_MAC * macs_per_pixel(model) if on_cpu else 0.0
     return plan_resources(
         grid,
-        ChunkCost(bands, model.classes, np.dtype(dtype).itemsize),
-        model_bytes=parameter_bytes(model) + (0 if on_cpu else batch_bytes // 8),  # GPU: host-side batch buffers
+        ChunkCost(bands, model.classes, np.dtype(dtype).itemsize, encoded_bytes(output, model.classes)),
+        ModelMemory(parameter_bytes(model), per_forward),
+        speed=ChunkSpeed(model_ns, max_batch),
         memory_limit=parse_size(opts.memory_limit) if opts.memory_limit is not None else None,
         chunk=chunk,
         workers=opts.workers,
-        worker_bytes=batch_bytes if on_cpu else 0,  # on a CPU every worker runs its own forward passes
         balance=distributed and model_bound,
     )
