@@ -8,7 +8,8 @@ no memory option; anything else is passed as ``--memory-limit``), one ``tilewise
 5 classes on 512² tiles (``--classes``, ``--width``, ``--tile`` to change). The run's peak RSS is sampled
 with psutil every 20 ms (the whole process, the assembly of the COG included) and checked against the
 kernel's high-water mark (``wait4``'s ``ru_maxrss``), the higher of the two reported; the table prints the
-estimate, the measured peak, their ratio and the wall time.
+estimate, the measured peak, their ratio, the wall time and the CPU time (user + system: on a shared machine
+the work a plan costs, where the wall time also says how long other processes held the cores).
 """
 
 from __future__ import annotations
@@ -72,8 +73,9 @@ def _estimate(scene: Path, checkpoint: Path, output: Path, plan: str) -> tuple[f
     return value, chunks.group(1)
 
 
-def _measure(command: list[str]) -> tuple[float, float, float]:
-    """Wall seconds, peak RSS sampled (MiB) and the kernel's high-water mark of RSS (MiB) of ``command``."""
+def _measure(command: list[str]) -> tuple[float, float, float, float]:
+    """Wall seconds, peak RSS sampled (MiB), the kernel's high-water mark of RSS (MiB) and the CPU seconds
+    (user + system) of ``command``."""
     began = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
         child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
@@ -96,7 +98,7 @@ def _measure(command: list[str]) -> tuple[float, float, float]:
         if child.returncode != 0:
             err.seek(0)
             raise RuntimeError(f"{' '.join(command)} failed ({child.returncode}): {err.read().strip()}")
-    return seconds, peak[0] / MIB, usage.ru_maxrss / 1024
+    return seconds, peak[0] / MIB, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint = _checkpoint(args.workdir, args.classes, args.width, args.tile)
     print(f"model: U-Net width {args.width}, depth 4, {args.classes} classes, {args.tile}² tiles; COG labels")
     header = f"{'size':>6} {'plan':>8} {'chunks':<44} {'estimate':>9} {'peak RSS':>9} {'est/peak':>8} {'wall':>7}"
+    header += f" {'CPU':>7}"
     print(header, flush=True)
     rows = []
     for size in args.sizes:
@@ -120,16 +123,16 @@ def main(argv: list[str] | None = None) -> None:
             output = args.workdir / f"out_{size}_{plan}.tif"
             estimate, chunks = _estimate(scene, checkpoint, output, plan)
             command = ["tilewise", "predict", str(scene), str(output), "--model", str(checkpoint), "--overwrite"]
-            seconds, peak, high_water = _measure([*command, *_plan_args(plan)])
+            seconds, peak, high_water, cpu = _measure([*command, *_plan_args(plan)])
             peak = max(peak, high_water)  # sampling can miss a short spike; the kernel's mark cannot
             row = f"{size:>6} {plan:>8} {chunks:<44} {estimate:>6.0f} MiB {peak:>5.0f} MiB {estimate / peak:>8.2f} "
-            print(row + f"{seconds:>6.1f}s", flush=True)
+            print(row + f"{seconds:>6.1f}s {cpu:>6.1f}s", flush=True)
             rows.append((size, plan, peak))
             output.unlink(missing_ok=True)
     for plan in args.plans:
-        peaks = [peak for _, p, peak in rows if p == plan]
+        peaks = sorted((size, peak) for size, p, peak in rows if p == plan)
         if len(peaks) > 1:
-            print(f"{plan}: peak RSS, largest / smallest size = {peaks[-1] / peaks[0]:.2f}x")
+            print(f"{plan}: peak RSS at {peaks[-1][0]}² / at {peaks[0][0]}² = {peaks[-1][1] / peaks[0][1]:.2f}x")
 
 
 if __name__ == "__main__":

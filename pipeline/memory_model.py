@@ -26,10 +26,12 @@ from tiling.grid import TileGrid
 from tiling.plan import ChunkPlan
 from tiling.writers import OutputSpec
 
-#: A forward pass on a CPU holds more than ``model.activation_bytes_per_tile`` says: two forward threads with
-#: batches of 2 512² tiles of the width-16, depth-4 U-Net each grew the process by 486 MiB per thread (972 MiB
-#: in all, glibc heaps capped as ``budget.keep_freed_memory`` caps them), against 332 MiB counted.
-CPU_FORWARD_SLACK = 1.46
+#: What a forward thread holds on a CPU, as a multiple of ``model.activation_bytes_per_tile`` × the largest
+#: batch. Measured in a run (5-class width-16 U-Net, 512² tiles, 4096², two forward threads trying batches
+#: of 1 and 2): 1199 MiB at peak, of which 641 MiB besides the other terms, 320 MiB a thread against 332 MiB
+#: counted. Two threads alone, both at batch 2 the whole time, held 486 MiB each: in a run the threads share
+#: their heaps and rarely both run their largest batch at once.
+CPU_FORWARD_SLACK = 1.0
 #: Transient bytes per window pixel while a window is read (GDAL's buffer, the per-band validity tests).
 READ_SCRATCH = 2
 
