@@ -58,7 +58,7 @@ def plan_lines(plan: RunPlan, model: str | None) -> list[str]:
         f"{cols} x {rows} = {grid.n_tiles} tiles",
         f"chunks      {chunks.chunk[0]} px: {chunk_cols} x {chunk_rows} = {chunks.n_chunks} chunks, "
         f"{resources.workers} in flight",
-        f"memory      about {mib(resources.estimated_peak)} at peak (limit {mib(resources.memory_limit)})",
+        f"memory      about {resources.estimated_peak / 2**20:,.0f} MiB at peak (limit {mib(resources.memory_limit)})",
         f"{'':<12}{memory_terms(resources)}",
     ]
     if plan.output is not None:
