@@ -101,3 +101,17 @@ def test_an_explicit_chunk_is_kept() -> None:
     assert plan.chunk == 4096
     with pytest.raises(Exception, match="too small"):
         plan_resources(grid, ChunkCost(3, 5, 1), ModelMemory(MIB, MIB), None, 100 * MIB, 4096, baseline=0)
+
+
+def test_large_sums_live_in_their_own_mapping_and_start_at_zero() -> None:
+    import mmap
+
+    import numpy as np
+
+    from tiling.blend import OWN_MAPPING_BYTES, zeros_outside_heap
+
+    large = zeros_outside_heap((2, 1024, 1024))
+    assert isinstance(large.base.base, mmap.mmap) and large.flags.writeable  # a reshaped view of the mapping
+    assert large.dtype == np.float32 and large.shape == (2, 1024, 1024) and not large.any()
+    small = zeros_outside_heap((OWN_MAPPING_BYTES // 8,))
+    assert small.base is None and not small.any()
