@@ -111,7 +111,8 @@ def test_large_sums_live_in_their_own_mapping_and_start_at_zero() -> None:
     from tiling.blend import OWN_MAPPING_BYTES, zeros_outside_heap
 
     large = zeros_outside_heap((2, 1024, 1024))
-    assert isinstance(large.base.base, mmap.mmap) and large.flags.writeable  # a reshaped view of the mapping
+    owner = large.base.base.obj  # a reshaped view of a view of a memoryview over the mapping
+    assert isinstance(owner, mmap.mmap) and large.flags.writeable
     assert large.dtype == np.float32 and large.shape == (2, 1024, 1024) and not large.any()
     small = zeros_outside_heap((OWN_MAPPING_BYTES // 8,))
     assert small.base is None and not small.any()
