@@ -265,6 +265,7 @@ def plan_resources(
             overhangs=cost.overhang_row(grid.width, shape.overhang[0]),
             gdal_cache=gdal_cache_bytes(limit),
             assembly=shape.chunk[0] * shape.chunk[1] * cost.output_bytes,
+            free_heap=HEAP_ALLOWANCE,
         )
 
     def wanted(size: int) -> int:

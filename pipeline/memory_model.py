@@ -9,7 +9,8 @@ A local run holds, all at the same time:
   overhang, and, once blended, its encoded layers (the input is let go before then);
 - the tile overhangs of one row of chunks, waiting for the chunks below them (the only term that grows with
   the raster, with its width);
-- GDAL's block cache (capped for the run).
+- GDAL's block cache (capped for the run);
+- the free memory the C allocator's heaps keep for reuse (``budget.HeapGuard`` trims beyond an allowance).
 
 After the last chunk the heaps are trimmed and the output is assembled from the work store: one chunk's
 encoded layers at a time, under the same block cache. The peak is the larger of the two phases.
@@ -126,11 +127,13 @@ class MemoryEstimate:
     gdal_cache: int
     #: What the assembly holds besides the process, the model and the block cache: a chunk's encoded layers.
     assembly: int
+    #: Free memory the heaps keep for the next forward passes and chunks (``budget.HeapGuard``'s allowance).
+    free_heap: int = 0
 
     @property
     def running(self) -> int:
         held = self.baseline + self.model + self.forward_threads * self.per_forward + self.gdal_cache
-        return held + self.chunks_in_flight * self.per_chunk + self.overhangs
+        return held + self.chunks_in_flight * self.per_chunk + self.overhangs + self.free_heap
 
     @property
     def assembling(self) -> int:
@@ -149,6 +152,7 @@ class MemoryEstimate:
             ("chunks", self.chunks_in_flight, self.per_chunk),
             ("overhangs", 1, self.overhangs),
             ("GDAL cache", 1, self.gdal_cache),
+            ("free heap", 1, self.free_heap),
         ]
 
 

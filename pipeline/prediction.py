@@ -35,7 +35,7 @@ from tiling.grid import resolve_overlap
 from tiling.instances.passes import Objects
 from tiling.writers import Writing
 
-from .budget import HEAP_ALLOWANCE, HeapGuard, keep_freed_memory, parse_size, release_free_memory
+from .budget import HeapGuard, keep_freed_memory, parse_size, release_free_memory
 from .cache import chosen_batch_size, model_cache
 from .checkpoint import Checkpoint
 from .cluster import SchedulerChoice, connect, run_graph, total_threads
@@ -177,8 +177,7 @@ def _execute(plan: RunPlan, writing: Writing, choice: SchedulerChoice, opts: Pre
             batch = max(set(chosen), key=chosen.count) if chosen else None
     else:
         workers, extra = plan.resources.workers, {}
-        # The estimate counts what is in use; the guard lets the heaps keep its allowance free for reuse.
-        heap = HeapGuard(ceiling=plan.resources.estimated_peak + HEAP_ALLOWANCE)
+        heap = HeapGuard(ceiling=plan.resources.estimated_peak)
         dsk = build_graph(plan.reader, plan.chunks, job, keys, writing.store, workers, done, plan.mask, heap)
         keep_freed_memory()  # before the run's threads take their heaps
         threads = cpu_threads(workers) if job.model.device == "cpu" else contextlib.nullcontext()

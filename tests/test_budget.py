@@ -49,7 +49,7 @@ def test_a_generous_budget_gets_the_default_chunk_and_every_core() -> None:
 
 
 def test_a_tight_budget_gets_smaller_chunks_within_the_limit() -> None:
-    p = plan(20_000, 20_000, 520, workers=2)
+    p = plan(20_000, 20_000, 650, workers=2)
     assert p.chunk < 2048
     assert p.estimated_peak <= p.memory_limit
 
