@@ -28,10 +28,10 @@ from tiling.plan import ChunkPlan
 from tiling.writers import OutputSpec
 
 #: What a forward thread holds on a CPU, as a multiple of ``model.activation_bytes_per_tile`` × the largest
-#: batch. Measured in a run (5-class width-16 U-Net, 512² tiles, 4096², two forward threads trying batches
-#: of 1 and 2): 1199 MiB at peak, of which 641 MiB besides the other terms, 320 MiB a thread against 332 MiB
-#: counted. Two threads alone, both at batch 2 the whole time, held 486 MiB each: in a run the threads share
-#: their heaps and rarely both run their largest batch at once.
+#: batch. Two threads alone, both at batch 2 of 512² tiles (width-16 U-Net) the whole time, held 486 MiB each
+#: against 332 MiB counted; in a run, where the batch sizer tries 1 and 2 and the threads share their heaps,
+#: the activations as counted (no slack) put the estimate within 10 % of the measured peaks
+#: (``benchmarks/memory.py``; a 4096² run: 1199 MiB, of which 641 MiB besides the other terms).
 CPU_FORWARD_SLACK = 1.0
 #: Transient bytes per window pixel while a window is read (GDAL's buffer, the per-band validity tests).
 READ_SCRATCH = 2
