@@ -168,7 +168,15 @@ def plan_run(
         )
         grid = TileGrid(reader.info.height, reader.info.width, tile, overlap)
         resources = plan_memory(
-            grid, card.model, bands, reader.info.dtype, device, opts, chunk, distributed, fmt and fmt.spec
+            grid,
+            card.model,
+            bands,
+            reader.info.dtype,
+            device,
+            opts,
+            chunk,
+            distributed,
+            None if fmt is None else fmt.spec,
         )
         spec = _model_spec(model, device, opts)
         job = TileJob(tile, opts.blend, float(opts.sigma), normalization, card.model.classes, spec, opts.min_valid)
