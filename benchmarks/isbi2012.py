@@ -1,6 +1,7 @@
 """ISBI 2012 EM membranes (the U-Net paper's data): train on slices 0-24, score slices 25-29 held out.
 
     nice -n 10 python -m benchmarks.isbi2012 [--out /tmp/tilewise-isbi] [--epochs 30] [--steps-per-epoch 25]
+                                             [--weight-map]
 
 Trains with ``configs/isbi2012.yaml`` (the project's own ``train``), then segments the held-out slices with
 ``predict`` (Gaussian-blended 256-px tiles, overlap 0.5; without and with flip TTA) and prints, per slice and
@@ -80,6 +81,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override the config's epochs")
     parser.add_argument("--steps-per-epoch", type=int, help="override the config's steps per epoch")
     parser.add_argument("--class-weights", help="override the config's class_weights (balanced)")
+    parser.add_argument(
+        "--weight-map", action="store_true", help="the U-Net paper's separation weights (w0 10, σ 5 px) on the loss"
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--score-only", action="store_true", help="score the checkpoint already in --out")
@@ -100,6 +104,7 @@ def main() -> None:
             epochs=args.epochs,
             steps_per_epoch=args.steps_per_epoch,
             class_weights=args.class_weights,
+            weight_map=True if args.weight_map else None,
             threads=args.threads,
             device=args.device,
             on_epoch=lambda r: print(

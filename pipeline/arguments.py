@@ -12,6 +12,8 @@ import sys
 from importlib import metadata
 from typing import Any
 
+from tiling.windows import BLEND_KINDS
+
 from .options import PRECISION_NAMES, TTA_MODES, VECTOR_STYLES, PredictOptions
 
 TOOL = "Segment rasters larger than memory (satellite scenes, whole-slide images) with a U-Net, and train it."
@@ -93,7 +95,11 @@ def _reading(p: argparse.ArgumentParser) -> None:
 
 def _tiling(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tiles and memory")
-    g.add_argument("--tile", type=int, help="tile size in pixels (default: the checkpoint's)")
+    g.add_argument(
+        "--tile",
+        type=int,
+        help="tile size in pixels; for a valid-padding model the output tile (default: the checkpoint's)",
+    )
     g.add_argument("--overlap", type=_overlap, help=f"pixels (64) or a fraction of the tile ({_default('overlap')})")
     g.add_argument("--chunk", type=_int_or_auto, help="output chunk in pixels, or auto (default: auto, planned)")
     g.add_argument("--workers", type=int, help="chunks in flight (default: planned from memory and cores)")
@@ -115,7 +121,7 @@ def add_predict(sub: Any, common: argparse.ArgumentParser) -> None:
     _reading(p)
     _tiling(p)
     g = p.add_argument_group("model and inference")
-    g.add_argument("--blend", choices=("gaussian", "cosine", "constant"), help=f"blend window ({_default('blend')})")
+    g.add_argument("--blend", choices=BLEND_KINDS, help=f"blend window ({_default('blend')})")
     g.add_argument("--sigma", type=float, help=f"Gaussian σ as a fraction of the tile ({_default('sigma')})")
     g.add_argument("--batch-size", type=_int_or_auto, help="tiles per forward pass, or auto (default: auto, timed)")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -198,7 +204,6 @@ def _version() -> str:
 #: Training settings that only a config's ``train:`` section sets (a test keeps this list whole).
 CONFIG_ONLY_TRAIN_KEYS = (
     "palette",
-    "about",
     "upsampling",
     "batch_norm",
     "val_overlap",
@@ -210,6 +215,7 @@ CONFIG_ONLY_TRAIN_KEYS = (
     "elastic_sigma",
     "elastic_grid",
     "weight_decay",
+    "about",
 )
 
 
@@ -256,7 +262,7 @@ def add_train(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--ignore-value", type=_ignore_value, help="mask value (or #RRGGBB) of unlabelled pixels")
     g.add_argument("--instance-classes", help="instance masks: CSV of object id → class name (default: all one class)")
     g.add_argument("--mpp", type=float, help="the images' pixel size in µm, recorded for predict (default: none)")
-    g.add_argument("--tile", type=int, help="training tile size in pixels (default: 256)")
+    g.add_argument("--tile", type=int, help="training (output) tile size in pixels (default: 256)")
     g.add_argument("--oversample", type=float, help="share of tiles centred on a randomly drawn class (default: 0)")
     g.add_argument("--elastic", action=argparse.BooleanOptionalAction, default=None, help="elastic deformation (off)")
     g = t.add_argument_group("objects")
@@ -273,6 +279,11 @@ def add_train(sub: Any, common: argparse.ArgumentParser) -> None:
     g = t.add_argument_group("model")
     g.add_argument("--base-width", type=int, help="U-Net channels at the first level (default: 16)")
     g.add_argument("--depth", type=int, help="U-Net poolings (default: 4)")
+    g.add_argument(
+        "--padding",
+        choices=("same", "valid"),
+        help="same: padded convs; valid: the paper's unpadded convs, --tile is then the output tile (default: same)",
+    )
     g = t.add_argument_group("loop")
     g.add_argument("--epochs", type=int, help="epochs (default: 20)")
     g.add_argument("--steps-per-epoch", type=int, help="optimiser steps per epoch (default: 50)")

@@ -145,7 +145,7 @@ def _interrupted(command: str, error: BaseException) -> str:
     if command == "predict":
         kept = notes(error)
         return "; ".join(["interrupted", *kept]) if kept else "interrupted before any chunk finished; nothing was kept"
-    return "interrupted; nothing was written to the output (continue with --resume)"
+    return "; ".join(["interrupted", *notes(error)])
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]

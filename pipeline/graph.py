@@ -5,12 +5,16 @@ exactly once), accumulates ``Σ w·p`` and ``Σ w`` over the chunk plus the tile
 the output chunk they land on. The blend task of a chunk adds what its own task and its upper/left neighbours
 sent, divides, and the write task stores the result. No task holds more than a chunk and its overhang, and the
 graph carries only small descriptions: the reader reopens its file and the model is loaded once per process.
+
+A valid-convolution model's tiles (``pipeline.layout``) run through the same graph: they abut, so the sums hold
+one probability per pixel with weight 1, and each task reads its window with the tiles' context around it
+(``TileJob.input``), mirrored where it leaves the raster.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -22,6 +26,7 @@ from tiling.masking import CoarseMask, MaskCrop
 from tiling.normalize import Normalization
 from tiling.plan import ChunkPlan, Span
 from tiling.readers.base import RasterReader
+from tiling.tile_input import PaddedInput, TileInput
 from tiling.windows import window_profile
 
 from .budget import HeapGuard, keep_freed_memory, release_free_memory
@@ -42,6 +47,8 @@ class TileJob:
     classes: int
     model: ModelSpec
     min_valid_fraction: float = 0.0
+    #: What a tile's forward pass reads around its output tile (a valid model's context, mirrored).
+    input: TileInput = field(default_factory=PaddedInput)
 
 
 @dataclass(frozen=True)
@@ -88,15 +95,6 @@ def _profile(kind: str, tile: int, sigma: float) -> np.ndarray:
     return window_profile(kind, tile, sigma)
 
 
-def _pad_to(array: np.ndarray, rows: int, cols: int, value: float | bool) -> np.ndarray:
-    """Pad the last two axes at the bottom/right (only when the raster is smaller than one tile)."""
-    pad_r, pad_c = rows - array.shape[-2], cols - array.shape[-1]
-    if pad_r == 0 and pad_c == 0:
-        return array
-    widths = [(0, 0)] * (array.ndim - 2) + [(0, pad_r), (0, pad_c)]
-    return np.pad(array, widths, constant_values=value)
-
-
 def tile_is_valid(valid: np.ndarray, y: int, x: int, tile: int, min_fraction: float) -> bool:
     """Whether a tile has enough valid pixels to be worth running (any at all when ``min_fraction`` is 0)."""
     window = valid[y : y + tile, x : x + tile]
@@ -129,9 +127,9 @@ def _reaches(y: int, x: int, tile: int, spans: list[tuple[Span, Span]]) -> bool:
     return any(rows.intersect(r) is not None and cols.intersect(c) is not None for r, c in spans)
 
 
-def _read_parts(rows: Span, local: list[tuple[int, int]], tile: int, height: int, split: bool) -> list[Span]:
-    """The row spans a chunk's window is read in: the whole window, or, when ``split``, first the rows of its
-    first row of tiles and then the rest.
+def _read_parts(rows: Span, local: list[tuple[int, int]], size: int, height: int, split: bool) -> list[Span]:
+    """The row spans a chunk's input window ``rows`` is read in: the whole window, or, when ``split``, first the
+    rows of its first row of tiles (``size`` px inputs) and then the rest.
 
     A chunk that starts while the forward pool has nothing to do (the first of a run, or one after a stretch
     of masked-out chunks) queues its first row of tiles as soon as those rows are read, instead of leaving
@@ -139,22 +137,18 @@ def _read_parts(rows: Span, local: list[tuple[int, int]], tile: int, height: int
     """
     if not split or not local:
         return [rows]
-    head = rows.start + local[0][0] + tile
+    head = rows.start + local[0][0] + size
     if head >= min(rows.stop, height):
         return [rows]
     return [Span(rows.start, head), Span(head, rows.stop)]
 
 
-def _read_window(
-    reader: RasterReader, rows: Span, cols: Span, raster_shape: tuple[int, int], area: MaskCrop | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The input under ``rows`` × ``cols`` (padded past the raster's end), its validity, and its validity
-    within the valid-area mask."""
-    height, width = raster_shape
-    data, valid = reader.read(Span(rows.start, min(rows.stop, height)), Span(cols.start, min(cols.stop, width)))
-    image = _pad_to(data, rows.size, cols.size, 0)
-    valid = _pad_to(valid, rows.size, cols.size, False)
-    return image, valid, valid if area is None else valid & area.expand(rows, cols)
+def _selected(valid: np.ndarray, before: int, rows: Span, cols: Span, area: MaskCrop | None) -> np.ndarray:
+    """Validity within the valid-area mask on the output frame ``rows`` × ``cols`` (as far as ``valid``, the
+    input frame's validity read so far, reaches): the output tiles' pixels, ``before`` px into the input."""
+    n_rows = min(valid.shape[-2] - before, rows.size)
+    selected = valid[before : before + n_rows, before : before + cols.size]
+    return selected if area is None else selected & area.expand(Span(rows.start, rows.start + n_rows), cols)
 
 
 def _joined(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
@@ -189,30 +183,39 @@ def infer_chunk(reader: RasterReader, job: TileJob, task: ChunkTask, _after: obj
             return ChunkResult(None, None, Spill(dict.fromkeys(task.spills_to), TileStats()))
         rows = Span(min(y for y, _ in origins), max(y for y, _ in origins) + tile)
         cols = Span(min(x for _, x in origins), max(x for _, x in origins) + tile)
+    # Local origins are the same in the output frame (``rows`` × ``cols``) and in the input frame, which starts
+    # ``before`` px earlier: a tile's input starts that much before its output.
     local = [(y - rows.start, x - cols.start) for y, x in origins]  # row-major
+    window = job.input
+    size = window.input_size(tile)
+    in_rows = Span(rows.start - window.before, rows.stop + window.after)
+    in_cols = Span(cols.start - window.before, cols.stop + window.after)
     accumulator = Accumulator(rows, cols, job.classes, _profile(job.blend, tile, job.sigma))
     runnable: list[tuple[int, int]] = []
     considered = 0
     with contextlib.ExitStack() as queued:
         groups = []
         parts: list[tuple[np.ndarray, ...]] = []
-        for part in _read_parts(rows, local, tile, task.raster_shape[0], model_cache().is_idle(job.model)):
-            parts.append(_read_window(reader, part, cols, task.raster_shape, area))
-            image, valid, selected = _joined(parts)
-            ready = [o for o in local[considered:] if o[0] + tile <= image.shape[-2]]
+        for part in _read_parts(in_rows, local, size, task.raster_shape[0], model_cache().is_idle(job.model)):
+            parts.append(window.read(reader, part, in_cols, task.raster_shape))
+            image, valid = _joined(parts)
+            selected = _selected(valid, window.before, rows, cols, area)
+            ready = [o for o in local[considered:] if o[0] + size <= image.shape[-2]]
             considered += len(ready)
             run_now = [o for o in ready if tile_is_valid(selected, o[0], o[1], tile, job.min_valid_fraction)]
             if run_now:
                 keep_freed_memory()
                 mask = None if valid.all() else valid
                 runner = model_cache().runner(job.model)
-                group = runner.queued(image, mask, run_now, tile, job.normalization, task.rank)
+                group = runner.queued(image, mask, run_now, size, job.normalization, task.rank)
                 groups.append(queued.enter_context(group))
                 runnable += run_now
         del parts, image, valid
         for results in groups:
             for batch_origins, probs in results:
-                accumulator.add(probs, [(y + rows.start, x + cols.start) for y, x in batch_origins])
+                # A valid model's input may be a few px larger than its output tile needs: drop their output.
+                tiles = probs[..., :tile, :tile]
+                accumulator.add(tiles, [(y + rows.start, x + cols.start) for y, x in batch_origins])
     assert considered == len(local)
 
     spill = {index: accumulator.contribution(r, c, copy=True) for index, (r, c) in task.spills_to.items()}

@@ -52,9 +52,13 @@ def plan_lines(plan: RunPlan, model: str | None) -> list[str]:
         mask = plan.mask
         lines.append(f"mask        {mask.source}: {mask.valid_fraction:.1%} of the raster, cells of {mask.scale} px")
     in_channels = plan.card.model.in_channels
+    window = plan.job.input
+    context = (
+        f", reading {window.before} + {window.after} px of context, mirrored at the border" if window.before else ""
+    )
     lines += [
         f"model       {model or f'none given (planning for a default U-Net, {in_channels} band(s) in)'}",
-        f"tiles       {grid.tile} px, overlap {grid.overlap} px, stride {grid.stride} px: "
+        f"tiles       {grid.tile} px, overlap {grid.overlap} px, stride {grid.stride} px{context}: "
         f"{cols} x {rows} = {grid.n_tiles} tiles",
         f"chunks      {chunks.chunk[0]} px: {chunk_cols} x {chunk_rows} = {chunks.n_chunks} chunks, "
         f"{resources.workers} in flight",

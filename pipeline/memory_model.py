@@ -46,6 +46,8 @@ class ChunkCost:
     itemsize: int
     #: Bytes per pixel of the layers a chunk writes (labels: 1; float32 probabilities: 4 per class).
     output_bytes: int = 1
+    #: Pixels a tile's input is wider than its output (a valid model's context on both sides; 0 for 'same').
+    context: int = 0
 
     @property
     def window_bytes(self) -> int:
@@ -65,9 +67,10 @@ class ChunkCost:
     def per_chunk(self, extent: tuple[int, int], chunk: tuple[int, int]) -> int:
         """Peak bytes of one chunk in flight whose sums cover ``extent`` (rows, cols) and which owns ``chunk``.
 
-        The input window is let go once its tiles have run, before the chunk is blended and written."""
+        The input window (the extent and, for a valid model, its tiles' context) is let go once its tiles have
+        run, before the chunk is blended and written."""
         sums = extent[0] * extent[1] * self.sums_bytes
-        reading = extent[0] * extent[1] * self.window_bytes
+        reading = (extent[0] + self.context) * (extent[1] + self.context) * self.window_bytes
         writing = chunk[0] * chunk[1] * self.written_bytes
         return sums + max(reading, writing)
 

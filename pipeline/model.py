@@ -1,9 +1,15 @@
-"""The U-Net of Ronneberger, Fischer & Brox (2015), with 'same' padding so tiles keep their size.
+"""The U-Net of Ronneberger, Fischer & Brox (2015).
 
 Per level two 3×3 conv + ReLU (optionally batch-normalised), 2×2 max-pool between levels and channels doubling
-on the way down; on the way up ×2 upsampling (2×2 transposed conv as in the paper, or bilinear followed by a
-1×1 conv), concatenation with the skip and two 3×3 convs; a 1×1 head. ``classes=1`` is a binary model (one
-sigmoid logit); more classes use softmax.
+on the way down; on the way up ×2 upsampling, concatenation with the skip and two 3×3 convs; a 1×1 head.
+``classes=1`` is a binary model (one sigmoid logit); more classes use softmax.
+
+``padding="same"`` (the default) pads every conv so a tile keeps its size; ``padding="valid"`` is the paper's:
+unpadded convs, each skip centre-cropped to the decoder's size, an output ``2c`` px smaller than the input
+(``tiling.geometry``). Upsampling: ``transpose`` is the paper's 2×2 up-convolution (halving the channels);
+``bilinear`` upsamples (align_corners=False) and halves the channels with a 1×1 conv; ``bilinear-concat``
+upsamples (align_corners=True) and concatenates all the channels, so the decoder convs take 512+256, 256+128, …
+(the design notes' network).
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import torch
 from torch import nn
 
 from tiling.errors import OptionError
+from tiling.geometry import ValidGeometry
 
-UPSAMPLING = ("transpose", "bilinear")
+UPSAMPLING = ("transpose", "bilinear", "bilinear-concat")
+PADDING = ("same", "valid")
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,8 @@ class UNetConfig:
     depth: int = 4
     upsampling: str = "transpose"
     batch_norm: bool = False
+    #: "same" (pads every conv, the output has the input's size) or "valid" (the paper's unpadded convs).
+    padding: str = "same"
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "classes", "base_width"):
@@ -37,7 +47,9 @@ class UNetConfig:
         if not 1 <= self.depth <= 8:
             raise OptionError(f"U-Net depth must be between 1 and 8, got {self.depth}")
         if self.upsampling not in UPSAMPLING:
-            raise OptionError(f"unknown upsampling {self.upsampling!r} (expected transpose or bilinear)")
+            raise OptionError(f"unknown upsampling {self.upsampling!r} (expected {', '.join(UPSAMPLING)})")
+        if self.padding not in PADDING:
+            raise OptionError(f"unknown padding {self.padding!r} (expected same or valid)")
 
     @classmethod
     def from_mapping(cls, spec: dict[str, Any]) -> UNetConfig:
@@ -55,8 +67,27 @@ class UNetConfig:
         """Tile sizes must be multiples of this (each level halves the size)."""
         return 2**self.depth
 
+    @property
+    def valid(self) -> bool:
+        return self.padding == "valid"
+
+    @property
+    def geometry(self) -> ValidGeometry:
+        """Input and output sizes of the valid-convolution network of this depth."""
+        return ValidGeometry(self.depth)
+
+    @property
+    def context(self) -> int:
+        """Pixels an output tile needs on each side from its input (0 for a 'same' model)."""
+        return self.geometry.context if self.valid else 0
+
     def check_tile(self, tile: int) -> None:
-        """Refuse a tile that ``depth`` poolings cannot halve cleanly, naming the nearest valid sizes."""
+        """Refuse a tile that ``depth`` poolings cannot halve cleanly, naming the nearest valid sizes.
+
+        For a valid model ``tile`` is the output tile (see ``ValidGeometry.check_output_tile``)."""
+        if self.valid:
+            self.geometry.check_output_tile(tile)
+            return
         m = self.size_multiple
         if tile >= m and tile % m == 0:
             return
@@ -68,19 +99,34 @@ class UNetConfig:
         )
 
 
-def _double_conv(in_ch: int, out_ch: int, batch_norm: bool) -> nn.Sequential:
+def _double_conv(in_ch: int, out_ch: int, batch_norm: bool, pad: int = 1) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, o in ((in_ch, out_ch), (out_ch, out_ch)):
-        layers.append(nn.Conv2d(i, o, kernel_size=3, padding=1, bias=not batch_norm))
+        layers.append(nn.Conv2d(i, o, kernel_size=3, padding=pad, bias=not batch_norm))
         if batch_norm:
             layers.append(nn.BatchNorm2d(o))
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
 
+def _centre_crop(skip: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """The centre ``rows`` × ``cols`` of a skip connection (a valid model's encoder maps are larger)."""
+    top, left = (skip.shape[-2] - rows) // 2, (skip.shape[-1] - cols) // 2
+    if top == 0 and left == 0:
+        return skip
+    return skip[..., top : top + rows, left : left + cols]
+
+
+def _upsampled_width(widths: list[int], level: int, mode: str) -> int:
+    """Channels coming out of the upsampling into decoder level ``level``."""
+    return widths[level + 1] if mode == "bilinear-concat" else widths[level]
+
+
 def _upsample(in_ch: int, out_ch: int, mode: str) -> nn.Module:
     if mode == "transpose":
         return nn.ConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2)
+    if mode == "bilinear-concat":
+        return nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
     return nn.Sequential(
         nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
         nn.Conv2d(in_ch, out_ch, kernel_size=1),
@@ -94,16 +140,18 @@ class UNet(nn.Module):
         super().__init__()
         self.config = config
         widths = [config.base_width * 2**level for level in range(config.depth + 1)]
+        pad = 0 if config.valid else 1
         self.down = nn.ModuleList(
-            _double_conv(config.in_channels if level == 0 else widths[level - 1], widths[level], config.batch_norm)
+            _double_conv(config.in_channels if level == 0 else widths[level - 1], widths[level], config.batch_norm, pad)
             for level in range(config.depth + 1)
         )
         self.pool = nn.MaxPool2d(2)
         self.up = nn.ModuleList(
             _upsample(widths[level + 1], widths[level], config.upsampling) for level in range(config.depth)
         )
+        concat = [widths[level] + _upsampled_width(widths, level, config.upsampling) for level in range(config.depth)]
         self.decode = nn.ModuleList(
-            _double_conv(2 * widths[level], widths[level], config.batch_norm) for level in range(config.depth)
+            _double_conv(concat[level], widths[level], config.batch_norm, pad) for level in range(config.depth)
         )
         self.head = nn.Conv2d(widths[0], config.classes, kernel_size=1)
 
@@ -116,7 +164,8 @@ class UNet(nn.Module):
                 x = self.pool(x)
         for level in reversed(range(self.config.depth)):
             x = self.up[level](x)
-            x = self.decode[level](torch.cat([skips[level], x], dim=1))
+            skip = _centre_crop(skips[level], x.shape[-2], x.shape[-1])
+            x = self.decode[level](torch.cat([skip, x], dim=1))
         return self.head(x)
 
 
@@ -164,7 +213,8 @@ def macs_per_pixel(config: UNetConfig) -> float:
             wider = widths[level + 1]
             if config.upsampling == "transpose":
                 total += (share / 4) * (2 * 2 * wider * width)  # a 2×2 kernel at each pixel of the level below
-            else:
+            elif config.upsampling == "bilinear":
                 total += share * wider * width  # 1×1 conv after the bilinear upsampling
-            total += share * 9 * (2 * width * width + width * width)  # up: two 3×3 convs after the concat
+            concat = width + _upsampled_width(widths, level, config.upsampling)
+            total += share * 9 * (concat * width + width * width)  # up: two 3×3 convs after the concat
     return total + widths[0] * config.classes  # 1×1 head

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from tiling.instances.passes import Objects, chunk_indices, chunk_objects, grow_and_measure, join, number, write_ids
+from tiling.instances.passes import Objects, chunk_ids, chunk_indices, grow_and_measure, join, number, write_ids
 from tiling.plan import ChunkPlan
 from tiling.writers import WorkStore
 
@@ -46,5 +46,5 @@ def find_objects(store: WorkStore, chunks: ChunkPlan, tasks: TaskRunner) -> Obje
     objects = number(store, chunks, joined, store.instances.min_area)
     done = store.flagged("ids")
     todo = [index for index in chunk_indices(chunks) if index not in done]
-    tasks.map(write_ids, [(store, chunks, index, *chunk_objects(store, index, objects)) for index in todo])
+    tasks.map(write_ids, [(store, chunks, index, chunk_ids(store, index, objects)) for index in todo])
     return objects

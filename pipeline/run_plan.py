@@ -39,6 +39,7 @@ from .budget import ModelMemory, ResourcePlan, parse_size, plan_resources
 from .checkpoint import Checkpoint, ModelCard, checkpoint_fingerprint, read_card, weights_fingerprint
 from .devices import check_precision, resolve_device
 from .graph import TileJob
+from .layout import tile_input, tile_layout
 from .memory_model import CPU_FORWARD_SLACK, CPU_NS_PER_MAC, ChunkCost, ChunkSpeed, encoded_bytes
 from .model import UNetConfig, activation_bytes_per_tile, macs_per_pixel, parameter_bytes
 from .options import PredictOptions
@@ -166,7 +167,8 @@ def plan_run(
         normalization = (
             Normalization.from_mapping(opts.normalization, bands) if opts.normalization else card.normalization
         )
-        grid = TileGrid(reader.info.height, reader.info.width, tile, overlap)
+        layout = tile_layout(card.model, reader.info.height, reader.info.width, tile, overlap, opts.blend)
+        grid = layout.grid
         resources = plan_memory(
             grid,
             card.model,
@@ -179,7 +181,9 @@ def plan_run(
             None if fmt is None else fmt.spec,
         )
         spec = _model_spec(model, device, opts)
-        job = TileJob(tile, opts.blend, float(opts.sigma), normalization, card.model.classes, spec, opts.min_valid)
+        job = TileJob(
+            tile, layout.blend, float(opts.sigma), normalization, card.model.classes, spec, opts.min_valid, layout.input
+        )
         chunks = ChunkPlan(grid, (resources.chunk, resources.chunk))
         scale = opts.mask_scale or mask_scale(grid.height, grid.width, tile)
         mask = make_mask(reader, opts.mask, scale, opts.tissue_channel, opts.tissue_threshold)
@@ -264,17 +268,21 @@ def plan_memory(
     pool, so a thread left with the last chunk is not left alone with it.
     """
     max_batch = max_batch_size(device, opts.batch_size)
+    input_size = tile_input(model, grid.tile).input_size(grid.tile)  # a valid model's tiles read their context
     on_cpu = device == "cpu"
-    per_tile = activation_bytes_per_tile(model, grid.tile)
+    per_tile = activation_bytes_per_tile(model, input_size)
     if on_cpu:  # every forward thread runs its own batches
         per_forward = int(CPU_FORWARD_SLACK * max_batch * per_tile)
     else:  # the host side of a batch: its input twice (staged while the previous one runs) and its probabilities
-        per_forward = max_batch * grid.tile**2 * (2 * (bands * np.dtype(dtype).itemsize + 1) + 4 * model.classes)
+        staged = 2 * input_size**2 * (bands * np.dtype(dtype).itemsize + 1)
+        per_forward = max_batch * (staged + grid.tile**2 * 4 * model.classes)
     model_bound = not device.startswith("cuda") and macs_per_pixel(model) >= MODEL_BOUND_MACS_PER_PIXEL
     model_ns = CPU_NS_PER_MAC * macs_per_pixel(model) if on_cpu else 0.0
     return plan_resources(
         grid,
-        ChunkCost(bands, model.classes, np.dtype(dtype).itemsize, encoded_bytes(output, model.classes)),
+        ChunkCost(
+            bands, model.classes, np.dtype(dtype).itemsize, encoded_bytes(output, model.classes), input_size - grid.tile
+        ),
         ModelMemory(parameter_bytes(model), per_forward),
         speed=ChunkSpeed(model_ns, max_batch),
         memory_limit=parse_size(opts.memory_limit) if opts.memory_limit is not None else None,

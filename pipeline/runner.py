@@ -26,6 +26,7 @@ from .batch_sizer import CANDIDATE_BATCHES, BatchSizer
 from .checkpoint import Checkpoint, ModelCard, load_checkpoint
 from .devices import PRECISIONS, process_device, process_forward_threads
 from .forward_pool import ForwardPool, Origin, TileRequest
+from .layout import tile_input
 from .model import activation_bytes_per_tile, logits_to_probs
 from .staging import BatchStager, StagedBatch
 
@@ -107,7 +108,8 @@ class ModelRunner:
         limit = self.spec.max_batch
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
-            per_tile = activation_bytes_per_tile(self.card.model, self.card.tile_size)
+            size = tile_input(self.card.model, self.card.tile_size).input_size(self.card.tile_size)
+            per_tile = activation_bytes_per_tile(self.card.model, size)
             limit = min(limit, max(1, int(GPU_MEMORY_SHARE * free // per_tile)))
         return [c for c in CANDIDATE_BATCHES if c <= limit] or [1]
 

@@ -21,7 +21,7 @@ def _one_by_one(origins: list[tuple[int, int]], profile: np.ndarray, shape: tupl
 
 @settings(max_examples=100, deadline=None)
 @given(
-    st.sampled_from(["gaussian", "cosine", "constant"]),
+    st.sampled_from(["gaussian", "cosine", "constant", "rim"]),
     st.integers(2, 24),
     st.lists(st.integers(0, 40), min_size=1, max_size=5, unique=True),
     st.lists(st.integers(0, 40), min_size=1, max_size=5, unique=True),

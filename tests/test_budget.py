@@ -96,7 +96,7 @@ def test_multiply_adds_per_pixel_count_every_conv_at_its_resolution() -> None:
     assert macs_per_pixel(UNetConfig(3, 1, base_width=4, depth=2)) > MODEL_BOUND_MACS_PER_PIXEL
 
 
-@pytest.mark.parametrize("upsampling", ["transpose", "bilinear"])
+@pytest.mark.parametrize("upsampling", ["transpose", "bilinear", "bilinear-concat"])
 def test_multiply_adds_per_pixel_match_a_forward_pass(upsampling: str) -> None:
     """The count from the architecture equals the multiply-adds the convs of a real forward pass perform."""
     import torch

@@ -256,7 +256,7 @@ def test_help_is_grouped_with_choices_defaults_and_examples(capsys) -> None:
     text = capsys.readouterr().out
     for heading in ("input and reading:", "tiles and memory:", "model and inference:", "outputs:", "running:"):
         assert heading in text
-    assert "{gaussian,cosine,constant}" in text and "(gaussian)" in text and "examples:" in text
+    assert "{gaussian,cosine,constant,rim}" in text and "(gaussian)" in text and "examples:" in text
     assert "required" in text and "channels-last" in text and "channels-last memory layout" in text
     with pytest.raises(SystemExit):
         main(["train", "--help"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -10,12 +11,14 @@ import pytest
 import tifffile
 
 from pipeline.cli import _predict_options, build_parser, main
+from sample_data.scene import synthesize
 
 from .conftest import make_checkpoint, random_image, write_geotiff
 from .test_cli import assert_nothing_written, assert_one_line_error, run_cli
 from .test_slides import write_pyramid
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "sample_data" / "demo_model.safetensors"
 
 
 @pytest.fixture
@@ -126,3 +129,28 @@ def test_level_flag_overrides_the_slide_config_mpp() -> None:
     assert (opts.mpp, opts.level, opts.mask, opts.min_valid) == (0.5, None, "tissue", 0.05)
     opts, _ = _predict_options(build_parser().parse_args([*argv, "--level", "1"]))
     assert (opts.mpp, opts.level) == (None, 1)
+
+
+@pytest.mark.parametrize("reading", [["--level", "1"], ["--mpp", "0.5"]])
+def test_slide_polygons_are_in_level_0_pixels(tmp_path: Path, reading: list[str]) -> None:
+    """Read at half resolution, the polygons still cover the labels' pixels at full (level-0) resolution."""
+    rgb, _ = synthesize(0, 0, 256, 320, seed=4)  # buildings, which the demo model finds
+    slide = write_pyramid(tmp_path / "slide.ome.tif", rgb, levels=2)  # 0.25 µm/px; level 1 at 0.5
+    out, polygons = tmp_path / "labels.ome.tif", tmp_path / "s.geojson"
+    argv = ["predict", slide, out, "--model", DEMO_MODEL, *reading, "--vector", polygons]
+    assert main([str(a) for a in argv]) == 0
+    labels = tifffile.imread(out, level=0).squeeze()
+    assert labels.shape == (128, 160)  # read at 0.5 µm/px
+    rows, cols = np.nonzero(labels)
+    assert len(rows) > 0
+    points = np.array(
+        [
+            xy
+            for f in json.loads(polygons.read_text())["features"]
+            for ring in f["geometry"]["coordinates"]
+            for xy in ring
+        ]
+    )
+    # pixel edges of the read grid, doubled: the polygons' extent in level-0 pixels
+    assert points[:, 0].min() == 2 * cols.min() and points[:, 0].max() == 2 * (cols.max() + 1)
+    assert points[:, 1].min() == 2 * rows.min() and points[:, 1].max() == 2 * (rows.max() + 1)

@@ -71,7 +71,7 @@ def test_zero_dimension_is_refused() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.sampled_from(["gaussian", "cosine", "constant"]), st.integers(1, 300), st.floats(0.01, 2.0))
+@given(st.sampled_from(["gaussian", "cosine", "constant", "rim"]), st.integers(1, 300), st.floats(0.01, 2.0))
 def test_window_weights_are_positive_everywhere(kind: str, size: int, sigma: float) -> None:
     weights = window_2d(kind, size, sigma)
     assert weights.shape == (size, size)
@@ -87,6 +87,13 @@ def test_gaussian_follows_sigma() -> None:
     # One sigma (32 px) from the centre the weight is exp(-1/2).
     assert profile[centre + 32] == pytest.approx(np.exp(-0.5 * (32.5 / 32) ** 2), rel=1e-3)
     assert profile.min() == pytest.approx(1e-3)  # floored at the edges
+
+
+def test_the_rim_window_floors_the_outer_eighth_and_is_gaussian_inside() -> None:
+    rim, gaussian = window_profile("rim", 128, 0.125), window_profile("gaussian", 128, 0.125)
+    assert (rim[:16] == np.float32(1e-3)).all() and (rim[-16:] == np.float32(1e-3)).all()
+    np.testing.assert_array_equal(rim[16:-16], gaussian[16:-16])
+    assert gaussian[15] > 10 * 1e-3  # what the rim takes away
 
 
 def test_unknown_window_is_refused() -> None:

@@ -137,6 +137,12 @@ def test_finer_than_the_finest_level_upsamples_the_same_in_any_window(pyramid) -
     np.testing.assert_array_equal(part, whole[:, 37:151, 55:203])
     # Bilinear: every upsampled pixel lies between the source pixels around it.
     assert whole.min() >= image.min() and whole.max() <= image.max()
+    # A reduced read (a preview) finer than the slide's level 0 comes from the upsampled pixels.
+    finer, valid = reader.read_reduced((image.shape[1] * 2, image.shape[2] * 2), "average")
+    assert finer.shape == (3, image.shape[1] * 2, image.shape[2] * 2) and valid.all()
+    assert finer.min() >= image.min() and finer.max() <= image.max()
+    coarser, _ = reader.read_reduced((image.shape[1] // 4, image.shape[2] // 4), "average")
+    assert coarser.shape == (3, image.shape[1] // 4, image.shape[2] // 4)
 
 
 def test_the_model_pixel_size_chooses_the_read_unless_told_otherwise(pyramid) -> None:

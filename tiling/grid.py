@@ -111,3 +111,26 @@ class TileGrid:
         for r, y in enumerate(self.row_origins):
             for c, x in enumerate(self.col_origins):
                 yield Tile(r, c, y, x)
+
+
+@dataclass(frozen=True)
+class AbuttingGrid(TileGrid):
+    """Output tiles of a valid-convolution model: no overlap, origins at ``0, T, 2T, …``.
+
+    ``T`` is a multiple of the model's ``k`` (``geometry.ValidGeometry``), so every origin is too and each tile's
+    pooling windows fall where one pass over the whole raster puts them. The last tile is therefore never
+    shifted back: it reaches past the raster's end, and what it computes there is dropped.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.overlap != 0:
+            raise OptionError(f"tiles of a valid-convolution model abut: overlap must be 0, got {self.overlap}")
+
+    @cached_property
+    def row_origins(self) -> tuple[int, ...]:
+        return tuple(range(0, self.height, self.tile))
+
+    @cached_property
+    def col_origins(self) -> tuple[int, ...]:
+        return tuple(range(0, self.width, self.tile))

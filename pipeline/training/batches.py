@@ -31,14 +31,12 @@ import multiprocessing
 import os
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from rasterio.errors import NotGeoreferencedWarning
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
@@ -46,7 +44,8 @@ from tiling.errors import TilewiseError
 from tiling.normalize import Normalization
 
 from .augment import Augmentation
-from .data import Pair, TileSampler, read_tile
+from .data import Pair, TileSampler
+from .windows import PaddedTile, TrainingTile
 
 #: Batches each worker builds ahead of the training step.
 PREFETCH_PER_WORKER = 2
@@ -107,12 +106,15 @@ class TrainingBatches(Dataset[BatchArrays | TilewiseError]):
         sampler: TileSampler,
         normalization: Normalization,
         augment: Augmentation,
+        window: TrainingTile | None = None,
     ) -> None:
         self.spec = spec
         self.pairs = pairs
         self.sampler = sampler
         self.normalization = normalization
         self.augment = augment
+        #: What a tile reads (a valid model: its context, mirrored) and where its loss is taken.
+        self.window = window or PaddedTile(spec.tile)
 
     def __len__(self) -> int:
         return self.spec.epochs * self.spec.steps_per_epoch
@@ -130,18 +132,23 @@ class TrainingBatches(Dataset[BatchArrays | TilewiseError]):
         return replace(arrays, worker=worker.id, worker_cpu_seconds=time.process_time())
 
     def batch(self, epoch: int, step: int) -> Batch:
-        """The batch of ``step`` (0-based) in ``epoch`` (1-based)."""
+        """The batch of ``step`` (0-based) in ``epoch`` (1-based): whole input windows, augmented together with
+        their labels and weights, which are then cropped to the network's output."""
         rng = np.random.default_rng([self.spec.seed, epoch, step])
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         images, labels, weights = [], [], []
         for _ in range(self.spec.batch_size):
             index, row, col = self.sampler.sample(rng)
-            image, label, weight = read_tile(self.pairs[index], row, col, self.spec.tile, self.normalization)
-            images.append(image)
+            raw, valid, label, weight = self.window.read(self.pairs[index], row, col)
+            images.append(self.normalization.apply(raw, valid))
             labels.append(label)
             weights.append(weight)
         stacked = None if weights[0] is None else torch.from_numpy(np.stack(weights))
-        return self.augment(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels)), generator, stacked)
+        x, y, w = self.augment(
+            torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels)), generator, stacked
+        )
+        crop = self.window.crop
+        return x, crop(y).contiguous(), None if w is None else crop(w).contiguous()
 
 
 class BatchStream:
@@ -201,9 +208,7 @@ def _as_is(item: BatchArrays | TilewiseError) -> BatchArrays | TilewiseError:
 
 
 def _start_worker(worker: int) -> None:
-    """Worker set-up: PNG/JPEG training sets have no georeferencing, and need none (as in ``train``); leave
-    when the training process is gone."""
-    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    """Worker set-up: leave when the training process is gone."""
     training = multiprocessing.parent_process()
     if training is None:
         raise RuntimeError("a loader worker without a parent process")

@@ -17,8 +17,9 @@ from tiling.grid import axis_origins
 from tiling.normalize import Normalization
 from tiling.plan import Span
 from tiling.readers import RasterReader, open_raster
+from tiling.readers.palette import expand_palette
 
-from .masks import IGNORE, MaskEncoding, expand_palette
+from .masks import IGNORE, MaskEncoding
 from .targets import TargetRule
 
 #: Rows/cols read at a time by the survey pass.

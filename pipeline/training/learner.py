@@ -6,6 +6,7 @@ loads their state). The model is initialised from the run's seed, so a fresh run
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,10 +50,18 @@ class Learner:
             "scaler": self.scaler.state_dict(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], stretched_after: int | None = None) -> None:
+        """Continue from ``state``. ``stretched_after``: the run now has more epochs than its schedule was made
+        for, so this learner's schedule (over the new length) is kept, advanced past the steps already taken."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if stretched_after is None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        else:
+            with warnings.catch_warnings():  # steps taken without an optimiser step, on purpose
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(stretched_after):
+                    self.scheduler.step()
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
 

@@ -16,16 +16,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from rasterio.errors import NotGeoreferencedWarning
 
-from tiling.errors import OptionError, OutputError
+from tiling.errors import OptionError, OutputError, attach_note
 from tiling.normalize import Normalization
 
 from ..checkpoint import Checkpoint
@@ -77,10 +75,7 @@ def train(
     """
     base = options_from_config(config) if config is not None else (options or TrainOptions())
     opts = base.updated(**overrides)
-    with warnings.catch_warnings():
-        # PNG/JPEG training sets have no georeferencing, and need none
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return _train(opts, on_epoch)
+    return _train(opts, on_epoch)
 
 
 def _train(opts: TrainOptions, on_epoch: Callable[[dict[str, Any]], None] | None) -> TrainReport:
@@ -104,6 +99,7 @@ def _train(opts: TrainOptions, on_epoch: Callable[[dict[str, Any]], None] | None
         depth=opts.depth,
         upsampling=opts.upsampling,
         batch_norm=opts.batch_norm,
+        padding=opts.padding,
     )
     config_.check_tile(opts.tile)
     rule = target_rule(opts)
@@ -122,7 +118,13 @@ def _train(opts: TrainOptions, on_epoch: Callable[[dict[str, Any]], None] | None
         run = Run(opts, config_, pairs, val_pairs or pairs, found, device, amp, files, settings, on_epoch)
         if not val_pairs:
             print("tilewise: no validation set given; validating on the training rasters", file=sys.stderr)
-        history = run.fit()
+        if opts.resume:
+            print(f"tilewise: {_resuming(run.start_epoch, opts.epochs, files)}", file=sys.stderr)
+        try:
+            history = run.fit()
+        except KeyboardInterrupt as exc:
+            attach_note(exc, _left_behind(run.history, files))
+            raise
     finally:
         for pair in (*pairs, *val_pairs):
             pair.close()
@@ -171,3 +173,19 @@ def _amp(mode: str, device: str) -> bool:
     if mode == "on" and not device.startswith("cuda"):
         raise OptionError("amp (mixed precision) is for CUDA devices; on the CPU use amp: off")
     return mode != "off" and device.startswith("cuda")
+
+
+def _resuming(start: int, epochs: int, files: RunFiles) -> str:
+    if start > epochs:
+        return (
+            f"the run in {files.state} has finished its {epochs} epochs; nothing to do (a larger --epochs extends it)"
+        )
+    return f"resuming at epoch {start} of {epochs} from {files.state}"
+
+
+def _left_behind(history: list[dict[str, Any]], files: RunFiles) -> str:
+    """What an interrupted run leaves, and whether ``--resume`` applies."""
+    if not history:
+        return "no epoch had finished, so nothing was saved (--resume needs one finished epoch: start again)"
+    last = int(history[-1]["epoch"])
+    return f"{files.checkpoint} holds the best of epochs 1–{last}; --resume continues at epoch {last + 1}"

@@ -10,7 +10,7 @@ from typing import Any
 from tiling.errors import OptionError
 
 from ..config import load_config
-from ..model import UPSAMPLING
+from ..model import PADDING, UPSAMPLING
 from ..options import UpdatableOptions
 
 MASK_ENCODINGS = ("ids", "binary", "palette", "instances")
@@ -64,6 +64,8 @@ class TrainOptions(UpdatableOptions):
     base_width: int = 16
     depth: int = 4
     upsampling: str = "transpose"
+    #: "same" or "valid" (the paper's unpadded convs; ``tile`` is then the output tile, read with its context).
+    padding: str = "same"
     batch_norm: bool = True
     # sampling
     tile: int = 256
@@ -121,6 +123,7 @@ class TrainOptions(UpdatableOptions):
             raise OptionError(f"seed must be a whole number ≥ 0, got {self.seed!r}")
         _choice(self.mask_encoding, MASK_ENCODINGS, "mask_encoding")
         _choice(self.upsampling, UPSAMPLING, "upsampling")
+        _choice(self.padding, PADDING, "padding")
         _choice(self.schedule, SCHEDULES, "schedule")
         _choice(self.amp, AMP_MODES, "amp")
         if len(self.class_names) < 2 or len(set(self.class_names)) != len(self.class_names):

@@ -29,8 +29,9 @@ from .losses import Loss, make_loss
 from .metrics import Scores
 from .options import TrainOptions
 from .records import plot_curves, read_metrics, write_metrics
-from .state import load_state, save_state
+from .state import load_state, planned_epochs, save_state
 from .validation import ValidationGrid, validate
+from .windows import training_tile
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,11 @@ class Run:
         )
         spec = BatchSpec(opts.seed, opts.epochs, opts.steps_per_epoch, opts.batch_size, opts.tile)
         sampler = TileSampler(pairs, found, opts.tile, opts.oversample)
-        self.batches = TrainingBatches(spec, pairs, sampler, found.normalization, augment)
+        window = training_tile(config, opts.tile)
+        self.batches = TrainingBatches(spec, pairs, sampler, found.normalization, augment, window)
         overlap = resolve_overlap(opts.val_overlap, opts.tile)
         self.validation = ValidationGrid.over(
-            val_pairs, opts.tile, overlap, found.normalization, opts.class_names, opts.batch_size
+            val_pairs, opts.tile, overlap, found.normalization, opts.class_names, opts.batch_size, window
         )
         self.class_weights = class_weights(opts.class_weights, found.class_counts)
         self.loss: Loss = make_loss(opts.loss_name, opts.binary, self.class_weights)
@@ -220,8 +222,10 @@ class Run:
 
     def _resume(self) -> None:
         state = load_state(self.files.state, self.settings)
-        self.learner.load_state_dict(state)
-        self.start_epoch = int(state["epoch"]) + 1
+        trained = int(state["epoch"])
+        stretched = planned_epochs(state) != self.opts.epochs
+        self.learner.load_state_dict(state, trained * self.opts.steps_per_epoch if stretched else None)
+        self.start_epoch = trained + 1
         self.history = [r for r in read_metrics(self.files.metrics) if int(r["epoch"]) < self.start_epoch]
         self.best = float(state["best"])
         best_rows = [r for r in self.history if score(r) == self.best] if math.isfinite(self.best) else []

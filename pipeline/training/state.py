@@ -2,7 +2,8 @@
 
 It is written with ``torch.save`` and read back with ``torch.load(weights_only=True)``, which only rebuilds
 tensors and plain containers: a resume file cannot run code. The run's settings are stored with it, and a
-resume with different settings (other data, model or schedule) is refused, naming what differs.
+resume with different settings (other data, model or schedule) is refused, naming what differs. The number of
+epochs may grow: a finished run resumed with a larger ``epochs`` trains on (``EXTENDABLE``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ FORMAT = "tilewise-train-state"
 VERSION = 1
 #: Options that may change between a run and its resumption (they do not change the result).
 FREE_TO_CHANGE = {"resume", "overwrite", "progress", "plot", "device", "amp", "threads", "loader_workers", "out"}
+#: Settings a resume may raise: the batches of epoch n do not depend on how many epochs follow.
+EXTENDABLE = {"epochs"}
 
 
 def fingerprint(opts: TrainOptions, images: list[str], masks: list[str], val: list[str]) -> dict[str, Any]:
@@ -38,7 +41,8 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_state(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """The state at ``path``, checked to belong to a run with the same ``settings``."""
+    """The state at ``path``, checked to belong to a run with the same ``settings`` (``epochs`` may have grown,
+    but not below the epochs already trained)."""
     if not path.exists():
         raise CheckpointError(f"cannot resume: {path} does not exist (it is written after each epoch)")
     try:
@@ -49,10 +53,23 @@ def load_state(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != VERSION:
         raise CheckpointError(f"cannot resume from {path}: not a tilewise training state (version {VERSION})")
     previous = json.loads(state["settings"])
-    changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+    changed = sorted(
+        k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k) and k not in EXTENDABLE
+    )
     if changed:
         raise OptionError(
             f"cannot resume: the run in {path} had different settings for {', '.join(changed)} "
             "(resume with the same settings, or start afresh with --overwrite)"
         )
+    trained = int(state["epoch"])
+    if int(settings["epochs"]) < trained:
+        raise OptionError(
+            f"cannot resume: the run in {path} has trained {trained} epochs already; epochs must be at least "
+            f"{trained} (more extends it), got {settings['epochs']}"
+        )
     return state
+
+
+def planned_epochs(state: dict[str, Any]) -> int:
+    """The epochs the run of ``state`` was planned for (its schedule spans them)."""
+    return int(json.loads(state["settings"])["epochs"])

@@ -18,11 +18,12 @@ from tiling.errors import OptionError
 from tiling.normalize import Normalization
 from tiling.writers.encode import NODATA_UINT8
 
-from .data import GridTile, Pair, grid_tiles, read_raw_tile
+from .data import GridTile, Pair
 from .forward import forward_logits, normalised_on_device, predicted_labels
 from .losses import Loss
 from .masks import IGNORE
 from .metrics import Confusion, Scores
+from .windows import PaddedTile, TrainingTile, scored_labels
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class ValidationGrid:
     normalization: Normalization
     class_names: tuple[str, ...]
     batch_size: int
+    #: What a tile reads and where it is scored (a valid model: its context, mirrored; the centre).
+    window: TrainingTile | None = None
 
     @classmethod
     def over(
@@ -46,9 +49,11 @@ class ValidationGrid:
         normalization: Normalization,
         class_names: Sequence[str],
         batch_size: int,
+        window: TrainingTile | None = None,
     ) -> ValidationGrid:
-        tiles = tuple(grid_tiles(pairs, tile, overlap))
-        return cls(pairs, tiles, tile, normalization, tuple(class_names), batch_size)
+        window = window or PaddedTile(tile)
+        tiles = tuple(window.validation_tiles(pairs, overlap))
+        return cls(pairs, tiles, tile, normalization, tuple(class_names), batch_size, window)
 
 
 @torch.no_grad()
@@ -58,7 +63,8 @@ def validate(model: nn.Module, grid: ValidationGrid, loss: Loss, device: str, am
     confusion = Confusion(len(grid.class_names))
     loss_sum, weight = 0.0, 0
     for start in range(0, len(grid.tiles), grid.batch_size):
-        raw, valid, labels = _read_group(grid.pairs, grid.tiles[start : start + grid.batch_size], grid.tile)
+        window = grid.window or PaddedTile(grid.tile)
+        raw, valid, labels = _read_group(grid.pairs, grid.tiles[start : start + grid.batch_size], window)
         x = normalised_on_device(raw, valid, grid.normalization, device)
         y = torch.from_numpy(labels).to(device)
         logits = forward_logits(model, x, amp)
@@ -74,15 +80,14 @@ def validate(model: nn.Module, grid: ValidationGrid, loss: Loss, device: str, am
 
 
 def _read_group(
-    pairs: Sequence[Pair], group: Sequence[GridTile], tile: int
+    pairs: Sequence[Pair], group: Sequence[GridTile], window: TrainingTile
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Raw images, validity and labels of a group of tiles; labels outside a tile's own part are ``IGNORE``."""
+    """Raw input windows, their validity and the labels on the network's output of a group of tiles; labels
+    outside a tile's own part are ``IGNORE``."""
     images, valid, labels = [], [], []
     for t in group:
-        image, tile_valid, label, _ = read_raw_tile(pairs[t.pair], t.row, t.col, tile, weighted=False)
-        scored = np.full_like(label, IGNORE)
-        scored[t.own_rows, t.own_cols] = label[t.own_rows, t.own_cols]
+        image, tile_valid, label, _ = window.read(pairs[t.pair], t.row, t.col, weighted=False)
         images.append(image)
         valid.append(tile_valid)
-        labels.append(scored)
+        labels.append(scored_labels(window, label, t))
     return np.stack(images), np.stack(valid), np.stack(labels)

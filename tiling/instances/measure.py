@@ -49,24 +49,22 @@ def measure(keys: np.ndarray, confidence: np.ndarray, origin: tuple[int, int], w
     inside = keys != 0
     if not inside.any():
         return Measures.empty()
-    found, first, inverse, area = np.unique(keys.ravel(), return_index=True, return_inverse=True, return_counts=True)
-    start = 1 if found[0] == 0 else 0
-    rows, cols = np.nonzero(inside)
-    labels = inverse.reshape(keys.shape) + (1 - start)  # 0 where no object
-    which = labels[rows, cols] - 1
-    count = found.size - start
-    sum_row = np.bincount(which, weights=rows, minlength=count).astype(np.int64) + area[start:] * origin[0]
-    sum_col = np.bincount(which, weights=cols, minlength=count).astype(np.int64) + area[start:] * origin[1]
+    rows, cols = np.nonzero(inside)  # in raster order, so an object's first occurrence is its first pixel
+    found, first, which, area = np.unique(keys[rows, cols], return_index=True, return_inverse=True, return_counts=True)
+    count = found.size
+    sum_row = np.bincount(which, weights=rows, minlength=count).astype(np.int64) + area * origin[0]
+    sum_col = np.bincount(which, weights=cols, minlength=count).astype(np.int64) + area * origin[1]
     conf = np.bincount(which, weights=confidence[rows, cols], minlength=count).astype(np.int64)
-    boxes = ndimage.find_objects(np.where(inside, labels, 0).astype(np.int32), max_label=count)
+    labels = np.zeros(keys.shape, np.int32)
+    labels[rows, cols] = which + 1
+    boxes = ndimage.find_objects(labels, max_label=count)
     min_row = np.array([b[0].start for b in boxes], np.int64) + origin[0]
     max_row = np.array([b[0].stop - 1 for b in boxes], np.int64) + origin[0]
     min_col = np.array([b[1].start for b in boxes], np.int64) + origin[1]
     max_col = np.array([b[1].stop - 1 for b in boxes], np.int64) + origin[1]
-    first_row, first_col = np.divmod(first[start:], keys.shape[1])
-    first_flat = (first_row + origin[0]).astype(np.int64) * width + first_col + origin[1]
+    first_flat = (rows[first] + origin[0]).astype(np.int64) * width + cols[first] + origin[1]
     return Measures(
-        found[start:].astype(np.int64), area[start:].astype(np.int64), sum_row, sum_col,
+        found.astype(np.int64), area.astype(np.int64), sum_row, sum_col,
         min_row, min_col, max_row, max_col, first_flat, conf,
     )  # fmt: skip
 

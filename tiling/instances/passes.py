@@ -122,7 +122,7 @@ def _window(
 def grow_and_measure(
     store: WorkStore, chunks: ChunkPlan, index: ChunkIndex, keymaps: dict[ChunkIndex, np.ndarray]
 ) -> None:
-    """Give the chunk's boundary pixels to the nearest seed, store its object keys and measures, flag it."""
+    """Give the chunk's boundary pixels to the nearest seed, store each pixel's object and the measures, flag it."""
     spec = store.instances
     assert spec is not None
     i, j = index
@@ -133,9 +133,13 @@ def grow_and_measure(
     top = spec.halo if i > 0 else 0
     left = spec.halo if j > 0 else 0
     own = keys[top : top + rows.size, left : left + cols.size]
-    store.put("object_keys", rows, cols, own)
     confidence = store.get("confidence", rows, cols)
     found = measure(own, confidence, (rows.start, cols.start), chunks.grid.width)
+    # Each pixel's object as its 1-based row in the chunk's table (sorted by key): 4 bytes, and ids by a lookup.
+    table_rows = np.zeros(own.shape, np.uint32)
+    inside = own != 0
+    table_rows[inside] = np.searchsorted(found.key, own[inside]) + 1
+    store.put("object_rows", rows, cols, table_rows)
     store.put_table("objects", index, found.columns())
     store.flag("objects", index)
 
@@ -177,23 +181,21 @@ def number(store: WorkStore, chunks: ChunkPlan, joined: Joined, min_area: int = 
 
 
 @portable_errors
-def write_ids(store: WorkStore, chunks: ChunkPlan, index: ChunkIndex, keys: np.ndarray, ids: np.ndarray) -> None:
-    """Write the chunk's instance ids (its objects' ``keys`` → ``ids``, both sorted by key), then flag it."""
+def write_ids(store: WorkStore, chunks: ChunkPlan, index: ChunkIndex, ids: np.ndarray) -> None:
+    """Write the chunk's instance ids (``ids``: the id of each row of its objects table, 0 for one dropped), then
+    flag it."""
     i, j = index
     rows, cols = chunks.rows.span(i), chunks.cols.span(j)
-    own = store.get("object_keys", rows, cols)
-    instances = np.zeros(own.shape, np.uint32)
-    inside = own != 0
-    instances[inside] = ids[np.searchsorted(keys, own[inside])]
+    by_row = np.concatenate([np.zeros(1, np.uint32), ids.astype(np.uint32)])
+    instances = by_row[store.get("object_rows", rows, cols)]
     instances[store.get("labels", rows, cols) == NODATA_UINT8] = NODATA_UINT32
     store.put("instances", rows, cols, instances)
     store.flag("ids", index)
 
 
-def chunk_objects(store: WorkStore, index: ChunkIndex, objects: Objects) -> tuple[np.ndarray, np.ndarray]:
-    """The keys of the objects in chunk ``index`` (sorted) and their ids: all ``write_ids`` needs of them."""
-    keys = np.sort(store.get_table("objects", index)["key"])
-    return keys, objects.ids_of(keys)
+def chunk_ids(store: WorkStore, index: ChunkIndex, objects: Objects) -> np.ndarray:
+    """The ids of the objects of chunk ``index``, row by row of its table: all ``write_ids`` needs of them."""
+    return objects.ids_of(store.get_table("objects", index)["key"])
 
 
-__all__ = ["Joined", "Objects", "Span", "chunk_objects", "grow_and_measure", "join", "number", "write_ids"]
+__all__ = ["Joined", "Objects", "Span", "chunk_ids", "grow_and_measure", "join", "number", "write_ids"]

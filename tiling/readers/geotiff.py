@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import threading
+import warnings
 from typing import Any
 
 import numpy as np
 import rasterio
 from rasterio.enums import MaskFlags, Resampling
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from ..errors import InputError
 from ..plan import Span
 from .base import HandlePool, RasterInfo, check_dtype, check_shape, nan_free, read_error, select_bands
+
+#: Opening under ``warnings.catch_warnings`` one thread at a time: the filter list it swaps is global.
+_OPENING = threading.Lock()
+
+
+def open_quietly(path: str) -> Any:
+    """``rasterio.open(path)`` without its ``NotGeoreferencedWarning``: a PNG, a JPEG or a slide has no map
+    georeferencing and needs none (tilewise reports what lacks it where it matters, e.g. a COG output)."""
+    with _OPENING, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path)
 
 
 class GdalReader:
@@ -21,7 +34,7 @@ class GdalReader:
     def __init__(self, path: str, bands: tuple[int, ...] | list[int] | None = None) -> None:
         self.path = path
         try:
-            with rasterio.open(path) as ds:
+            with open_quietly(path) as ds:
                 check_shape(ds.height, ds.width, path)
                 self.bands = select_bands(bands, ds.count, path)
                 dtypes = {ds.dtypes[b - 1] for b in self.bands}
@@ -47,7 +60,7 @@ class GdalReader:
         except RasterioError as exc:
             raise InputError(f"{path} is not a raster GDAL can read: {exc}") from None
         self._mask_mode = _mask_mode(flags)
-        self._pool = HandlePool(lambda: rasterio.open(path))
+        self._pool = HandlePool(lambda: open_quietly(path))
 
     def read(self, rows: Span, cols: Span) -> tuple[np.ndarray, np.ndarray]:
         window = Window(cols.start, rows.start, cols.size, rows.size)
@@ -90,7 +103,7 @@ class GdalReader:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._pool = HandlePool(lambda: rasterio.open(self.path))
+        self._pool = HandlePool(lambda: open_quietly(self.path))
 
 
 def _valid_where_not_nodata(data: np.ndarray, nodata: list[float]) -> np.ndarray:

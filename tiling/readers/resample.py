@@ -155,8 +155,11 @@ class ResampledReader:
         return data, valid
 
     def read_reduced(self, shape: tuple[int, int], resampling: str) -> tuple[np.ndarray, np.ndarray]:
-        """The whole raster at ``shape`` (the extent is the base's, so the base's best way serves)."""
-        return self.base.read_reduced(shape, resampling)  # type: ignore[attr-defined]
+        """The whole raster at ``shape``: the extent is the base's, so the base's best way serves, unless
+        ``shape`` is finer than the base (an upsampled read), which this reader's own pixels serve."""
+        if shape[0] <= self.base.info.height and shape[1] <= self.base.info.width:
+            return self.base.read_reduced(shape, resampling)  # type: ignore[attr-defined]
+        return reduce_by_strips(self, shape, resampling)
 
     def close(self) -> None:
         self.base.close()

@@ -36,7 +36,7 @@ class OutputContent:
     @property
     def work_layers(self) -> tuple[Layer, ...]:
         """Layers the work store holds only to make the outputs: for objects, the label map (when it is no
-        output), each pixel's confidence, the chunks' seeds and each pixel's object key."""
+        output), each pixel's confidence, the chunks' seeds and each pixel's object (a row of its chunk's table)."""
         if self.instances is None:
             return ()
         labels = () if any(layer.is_labels for layer in self.layers) else (labels_layer(self.threshold),)
@@ -44,7 +44,7 @@ class OutputContent:
             *labels,
             Layer("confidence", 1, "uint8", float(NODATA_UINT8), ("confidence",)),
             Layer("seeds", 1, "uint32", 0.0, ("seed",)),
-            Layer("object_keys", 1, "int64", 0.0, ("object",)),
+            Layer("object_rows", 1, "uint32", 0.0, ("object",)),
         )
 
     @property

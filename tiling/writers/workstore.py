@@ -14,6 +14,7 @@ resumed, and only by the same run).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,14 +175,20 @@ class WorkStore:
         return np.asarray(self.array(layer)[..., rows.start : rows.stop, cols.start : cols.stop])
 
     def put_table(self, name: str, index: tuple[int, int], columns: dict[str, np.ndarray]) -> None:
-        """Keep a chunk's table (columns of equal length) under ``name``; rewriting it replaces it."""
-        group = self.group.require_group(f"{WORK}/{name}/{index[0]}_{index[1]}")
-        for column, values in columns.items():
-            group.create_array(column, data=np.asarray(values), overwrite=True)
+        """Keep a chunk's named arrays (a table's columns, a chunk's edge strips) under ``name``; rewriting them
+        replaces them. They are stored as one array holding their ``.npz`` bytes: a run keeps two such tables per
+        chunk, and one small array each writes far fewer files than an array per column."""
+        payload = io.BytesIO()
+        np.savez(payload, **{column: np.asarray(data) for column, data in columns.items()})
+        data = np.frombuffer(payload.getvalue(), dtype=np.uint8)
+        self.group.require_group(f"{WORK}/{name}").create_array(
+            f"{index[0]}_{index[1]}", data=data, chunks=data.shape, overwrite=True
+        )
 
     def get_table(self, name: str, index: tuple[int, int]) -> dict[str, np.ndarray]:
-        group = self.group[f"{WORK}/{name}/{index[0]}_{index[1]}"]
-        return {column: np.asarray(array[:]) for column, array in group.arrays()}
+        payload = np.asarray(self.group[f"{WORK}/{name}/{index[0]}_{index[1]}"][:])
+        with np.load(io.BytesIO(payload.tobytes()), allow_pickle=False) as arrays:
+            return {column: arrays[column] for column in arrays.files}
 
     def flag(self, stage: str, index: tuple[int, int]) -> None:
         """Flag a chunk done with a later pass ``stage`` (after its data and table are written)."""
