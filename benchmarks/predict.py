@@ -308,7 +308,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192])
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tilewise-bench")
     parser.add_argument(
-        "--modes", nargs="+", default=["pipeline", "model", "instances", "objects"], choices=list(CHILDREN)
+        "--modes",
+        nargs="+",
+        default=["pipeline", "model", "instances", "objects"],
+        choices=[*CHILDREN, "backends"],
     )
     parser.add_argument("--pipeline-processes", type=int, default=3, help="fresh processes per pipeline-bound size")
     parser.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)
@@ -320,6 +323,11 @@ def main() -> None:
         print(json.dumps(CHILDREN[args.child](args.scene, args.workdir)))
         return
 
+    if "backends" in args.modes:  # engines and precisions: benchmarks/backends.py, in processes of their own
+        from .backends import ENGINES, run_table
+
+        run_table(args.sizes, args.workdir, list(ENGINES), repeats=2, model="default")
+        args.modes.remove("backends")
     results: dict[tuple[str, int], dict[str, float]] = {}
     for size in args.sizes:
         scene = _scene(args.workdir, size)

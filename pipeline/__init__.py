@@ -13,7 +13,15 @@ The names are imported on first use, so that ``tilewise --help`` and option erro
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
+
+# OpenMP threads that wait for work sleep instead of spinning. Every thread that runs torch ops has a team of its
+# own (the forward pool's threads, the chunk tasks' threads, the main thread): spinning teams took the cores from
+# the ones at work, and a warm CPU run spent up to 8 times the CPU of a cold one (benchmarks/README.md). Read by
+# libgomp when torch loads, so it must be set before the first ``import torch``; OMP_WAIT_POLICY=active restores
+# spinning.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint, ModelCard, load_checkpoint, read_card, save_checkpoint

@@ -14,7 +14,7 @@ from typing import Any
 
 from tiling.windows import BLEND_KINDS
 
-from .options import PRECISION_NAMES, TTA_MODES, VECTOR_STYLES, PredictOptions
+from .options import BACKEND_NAMES, PRECISION_NAMES, TTA_MODES, VECTOR_STYLES, PredictOptions
 
 TOOL = "Segment rasters larger than memory (satellite scenes, whole-slide images) with a U-Net, and train it."
 PREDICT_EXAMPLES = """examples:
@@ -132,6 +132,12 @@ def add_predict(sub: Any, common: argparse.ArgumentParser) -> None:
         default=None,
         help="run convolutions in channels-last memory layout, faster on CPUs (default: on)",
     )
+    g.add_argument(
+        "--backend",
+        choices=BACKEND_NAMES,
+        help="engine: torch, onnxruntime (tilewise[onnx]), openvino (tilewise[openvino]), or auto: the fastest "
+        f"installed, timed on the first tiles ({_default('backend')})",
+    )
     g.add_argument("--tta", choices=TTA_MODES, help=f"test-time augmentation ({_default('tta')})")
     g = p.add_argument_group("outputs")
     g.add_argument(
@@ -154,6 +160,7 @@ def add_predict(sub: Any, common: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", default=None, help="continue an interrupted run from its work store"
     )
     g.add_argument("--work-dir", help="folder or fsspec URL for the work store (default: next to the output)")
+    g.add_argument("--scratch-dir", help="local folder where an s3:// output is assembled before upload (temp)")
     g.add_argument("--scheduler", help="threads or tcp://HOST:PORT of a running Dask scheduler (default: threads)")
     g.add_argument("--cluster", help="local:N, a local Dask cluster of N worker processes")
     g.add_argument("--report", help="write Dask's performance report (HTML) here, for cluster runs")

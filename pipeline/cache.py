@@ -46,6 +46,12 @@ class ModelCache:
             runner = self._runners.get(spec)
         return None if runner is None or not runner.tiles_run else runner.sizer.in_use
 
+    def backend_name(self, spec: ModelSpec) -> str | None:
+        """The engine the runner for ``spec`` runs (None: not loaded, or no tile run yet)."""
+        with self._lock:
+            runner = self._runners.get(spec)
+        return None if runner is None else runner.backend_name
+
     def release(self) -> None:
         """Close and forget every runner (frees their models; the next run loads again). ``loads`` keeps
         counting."""
@@ -67,3 +73,8 @@ def model_cache() -> ModelCache:
 def chosen_batch_size(spec: ModelSpec) -> int | None:
     """The batch size this process's runner for ``spec`` chose (what a cluster worker reports back)."""
     return _CACHE.batch_size(spec)
+
+
+def chosen_backend(spec: ModelSpec) -> str | None:
+    """The engine this process's runner for ``spec`` runs (what a cluster worker reports back)."""
+    return _CACHE.backend_name(spec)

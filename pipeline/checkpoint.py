@@ -23,6 +23,7 @@ from tiling.instances import InstanceSpec
 from tiling.normalize import Normalization
 from tiling.writers.atomic import honour_umask
 
+from .checkpoint_download import local_checkpoint
 from .model import UNet, UNetConfig
 
 FORMAT = "tilewise-checkpoint"
@@ -146,12 +147,12 @@ def weights_fingerprint(model: UNet) -> str:
 
 def checkpoint_fingerprint(path: str | os.PathLike[str]) -> str:
     """The SHA-256 of a checkpoint's weights, from its header (identifies the model a run used)."""
-    return _read_header(Path(path))[1]["weights_sha256"]
+    return _read_header(local_checkpoint(path))[1]["weights_sha256"]
 
 
 def read_card(path: str | os.PathLike[str]) -> ModelCard:
-    """The model card of a checkpoint, without loading its weights."""
-    return _read_header(Path(path))[0]
+    """The model card of a checkpoint (a path or a URL), without loading its weights."""
+    return _read_header(local_checkpoint(path))[0]
 
 
 def _read_header(path: Path) -> tuple[ModelCard, dict[str, str]]:
@@ -182,8 +183,9 @@ def _read_header(path: Path) -> tuple[ModelCard, dict[str, str]]:
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a checkpoint into a ready-to-run model (eval mode) on ``device``."""
-    path = Path(path)
+    """Load a checkpoint (a path, or a URL downloaded once per process) into a ready-to-run model (eval mode) on
+    ``device``."""
+    path = local_checkpoint(path)
     card, metadata = _read_header(path)
     try:
         tensors = load_file(str(path), device="cpu")

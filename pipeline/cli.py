@@ -82,6 +82,8 @@ def summary(report: PredictReport) -> str:
     if report.pixel_size_um:
         parts.append(f"{report.pixel_size_um[1]:.4g} µm/px")
     batch = f"batch {report.batch_size}" if report.batch_size else "no batch run"
+    if report.backend:
+        batch += f" ({report.backend})"
     parts.append(
         f"{report.chunks} chunk(s) of {report.chunk} px, {report.workers} in flight, {batch} on {report.device}, "
         f"{report.seconds:.1f} s"

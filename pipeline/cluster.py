@@ -81,6 +81,26 @@ def _torch_threads_plugin(threads_per_host: dict[str, int]) -> Any:
     return TorchThreads()
 
 
+def share_storage_settings(client: Any) -> None:
+    """Give every worker this process's object-storage settings: GDAL's (per process, read from the environment)
+    and the S3 endpoint, each unless the worker's environment sets it. Credentials are not sent: each worker
+    finds its own (environment, profile files, an instance role)."""
+    from distributed import WorkerPlugin
+
+    from tiling.storage import StorageSettings
+
+    class StorageSettingsPlugin(WorkerPlugin):
+        name = "tilewise-storage-settings"
+
+        def __init__(self, settings: StorageSettings) -> None:
+            self.settings = settings
+
+        def setup(self, worker: Any) -> None:
+            self.settings.apply()
+
+    client.register_plugin(StorageSettingsPlugin(StorageSettings.from_environment()))
+
+
 def share_cores(client: Any) -> None:
     """Register the torch-threads plugin for the cluster's current workers (replacing an earlier one)."""
     from distributed.comm import get_address_host
@@ -104,10 +124,12 @@ def connect(choice: SchedulerChoice) -> Iterator[Any]:
             raise TilewiseError(f"cannot reach the Dask scheduler at {choice.address}: {exc}") from None
         with client:
             share_cores(client)
+            share_storage_settings(client)
             yield client
         return
     with local_cluster(choice.local_workers) as cluster, Client(cluster) as client:
         share_cores(client)
+        share_storage_settings(client)
         yield client
 
 

@@ -16,6 +16,8 @@ from tiling.writers.encode import parse_output_kind
 #: Kept free of torch (the CLI checks options before it loads the model); ``devices.PRECISIONS`` maps them to dtypes.
 PRECISION_NAMES = ("fp32", "bf16", "fp16")
 TTA_MODES = ("none", "flips")
+#: Inference engines (``pipeline.backends``): torch is always installed; ``auto`` times the installed ones.
+BACKEND_NAMES = ("torch", "auto", "onnxruntime", "openvino")
 VECTOR_STYLES = ("plain", "qupath")
 
 _Options = TypeVar("_Options", bound="UpdatableOptions")
@@ -56,6 +58,8 @@ class PredictOptions(UpdatableOptions):
     device: str = "auto"
     precision: str = "fp32"
     channels_last: bool | None = None
+    #: The engine that runs the model: torch, onnxruntime or openvino (extras), or auto (the fastest installed).
+    backend: str = "torch"
     tta: str = "none"
     bands: tuple[int, ...] | None = None
     normalization: dict[str, Any] | None = None
@@ -66,6 +70,8 @@ class PredictOptions(UpdatableOptions):
     overwrite: bool = False
     resume: bool = False
     work_dir: str | None = None
+    #: Local folder an output at a URL is assembled in before its upload (default: the system's temporary folder).
+    scratch_dir: str | None = None
     scheduler: str | None = None
     cluster: str | None = None
     report: str | None = None
@@ -105,6 +111,7 @@ class PredictOptions(UpdatableOptions):
         parse_output_kind(self.output_kind)
         _choice(self.probs_dtype, PROBS_DTYPES, "probs_dtype")
         _choice(self.precision, PRECISION_NAMES, "precision")
+        _choice(self.backend, BACKEND_NAMES, "backend")
         if self.format is not None:
             _choice(self.format, FORMATS, "format")
         if not isinstance(self.sigma, (int, float)) or not self.sigma > 0:

@@ -36,7 +36,7 @@ from tiling.instances.passes import Objects
 from tiling.writers import Writing
 
 from .budget import HeapGuard, keep_freed_memory, parse_size, release_free_memory
-from .cache import chosen_batch_size, model_cache
+from .cache import chosen_backend, chosen_batch_size, model_cache
 from .checkpoint import Checkpoint
 from .cluster import SchedulerChoice, connect, run_graph, total_threads
 from .devices import cpu_threads, resolve_device
@@ -51,7 +51,8 @@ from .run_plan import ModelSource, RunPlan, plan_run
 class PredictReport:
     """What a run did."""
 
-    outputs: list[Path]
+    #: Paths, or the URLs of outputs written to object storage.
+    outputs: list[Path | str]
     format: str
     tiles_total: int
     tiles_run: int
@@ -63,6 +64,8 @@ class PredictReport:
     batch_size: int | None
     device: str
     seconds: float
+    #: The engine that ran the model (``--backend``; what ``auto`` chose), the workers' most common on a cluster.
+    backend: str | None = None
     resumed: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     chunks_unread: int = 0
@@ -91,6 +94,7 @@ class _Execution:
     objects: Objects | None = None
     #: The batch size the forward passes used (the workers' most common, on a cluster).
     batch_size: int | None = None
+    backend: str | None = None
 
 
 def predict(
@@ -124,7 +128,7 @@ def predict(
             release_free_memory()  # what the chunks freed, before the assembly allocates its own
         products = write_products(opts, plan, run.objects)
     return PredictReport(
-        outputs=[*plan.output.paths, *products.paths],
+        outputs=[*plan.output.names, *products.paths],
         format=plan.output.format.name,
         tiles_total=plan.grid.n_tiles,
         tiles_run=run.stats.tiles.run,
@@ -135,6 +139,7 @@ def predict(
         workers=run.workers,
         batch_size=run.batch_size,
         device=plan.job.model.device,
+        backend=run.backend,
         seconds=time.perf_counter() - began,
         resumed=bool(writing.done),
         chunks_unread=run.stats.tiles.unread,
@@ -175,6 +180,8 @@ def _execute(plan: RunPlan, writing: Writing, choice: SchedulerChoice, opts: Pre
             objects = _objects(plan, writing, TaskRunner(client=client), stats, done)
             chosen = [size for size in client.run(chosen_batch_size, job.model).values() if size]
             batch = max(set(chosen), key=chosen.count) if chosen else None
+            engines = [name for name in client.run(chosen_backend, job.model).values() if name]
+            backend = max(set(engines), key=engines.count) if engines else None
     else:
         workers, extra = plan.resources.workers, {}
         heap = HeapGuard(ceiling=plan.resources.estimated_peak)
@@ -185,7 +192,8 @@ def _execute(plan: RunPlan, writing: Writing, choice: SchedulerChoice, opts: Pre
             stats = _run(dsk, keys.done, workers, opts.progress)
         objects = _objects(plan, writing, TaskRunner(workers), stats, done)
         batch = model_cache().batch_size(job.model)
-    return _Execution(stats, workers, extra, objects, batch)
+        backend = model_cache().backend_name(job.model)
+    return _Execution(stats, workers, extra, objects, batch, backend)
 
 
 def _objects(

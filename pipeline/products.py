@@ -19,6 +19,8 @@ import numpy as np
 from tiling.errors import OptionError
 from tiling.instances.passes import Objects
 from tiling.instances.table import check_table_path, object_columns, write_object_table
+from tiling.storage import StoragePath, is_remote
+from tiling.writers import Destination
 from tiling.writers.atomic import check_destination
 from tiling.writers.geotiff import PALETTE
 from tiling.writers.polygons import CLASS_REGION_SCHEMA, PolygonFrame, class_regions, vector_driver, write_polygons
@@ -33,15 +35,23 @@ if TYPE_CHECKING:
 
 @dataclass
 class Products:
-    paths: list[Path] = field(default_factory=list)
+    #: Paths, or the URLs of products written to object storage.
+    paths: list[Path | str] = field(default_factory=list)
     polygons: int | None = None
+
+
+#: The products a run may write, by option name.
+PRODUCTS = ("preview", "vector", "objects")
 
 
 def check_products(opts: PredictOptions, output: Path) -> None:
     """Refuse unusable product destinations before any work (like the raster outputs)."""
-    for name in ("preview", "vector", "objects"):
+    for name in PRODUCTS:
         path = getattr(opts, name)
         if path is None:
+            continue
+        if is_remote(path):
+            Destination.of(path, opts.scratch_dir).check_remote([StoragePath(path).name], opts.overwrite)
             continue
         if Path(path).resolve() == output.resolve():
             raise OptionError(f"the {name} {path} would overwrite the output")
@@ -50,12 +60,37 @@ def check_products(opts: PredictOptions, output: Path) -> None:
         if opts.vector_style == "qupath" and not opts.vector.lower().endswith((".geojson", ".json")):
             raise OptionError("QuPath reads GeoJSON: give --vector a .geojson name with --vector-style qupath")
         vector_driver(Path(opts.vector))
-    if opts.objects:
+    if opts.objects and not is_remote(opts.objects):
         check_table_path(Path(opts.objects), opts.overwrite)
 
 
 def write_products(opts: PredictOptions, plan: RunPlan, objects: Objects | None) -> Products:
-    """The preview, the polygons and the object table of a run whose outputs are written."""
+    """The preview, the polygons and the object table of a run whose outputs are written; those named by URL
+    are written in the scratch folder, then uploaded."""
+    remote = {
+        name: Destination.of(getattr(opts, name), opts.scratch_dir)
+        for name in PRODUCTS
+        if getattr(opts, name) and is_remote(getattr(opts, name))
+    }
+    if not remote:
+        return _write_products(opts, plan, objects)
+    try:
+        for destination in remote.values():
+            assert destination.scratch is not None
+            destination.scratch.mkdir(parents=True)
+        local = opts.updated(**{name: str(d.assembly_path) for name, d in remote.items()})
+        products = _write_products(local, plan, objects)
+        urls = {d.assembly_path: d for d in remote.values()}
+        for destination in remote.values():
+            destination.publish([destination.assembly_path])
+        products.paths = [urls[p].target.text if p in urls else p for p in products.paths]
+        return products
+    finally:
+        for destination in remote.values():
+            destination.discard()
+
+
+def _write_products(opts: PredictOptions, plan: RunPlan, objects: Objects | None) -> Products:
     assert plan.output is not None
     fmt, class_names = plan.output.format, plan.card.class_names
     products = Products()

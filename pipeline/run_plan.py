@@ -25,7 +25,9 @@ from tiling.masking import CoarseMask, make_mask, mask_scale
 from tiling.normalize import Normalization
 from tiling.plan import ChunkPlan
 from tiling.readers import RasterReader, open_raster
+from tiling.storage import StoragePath
 from tiling.writers import (
+    Destination,
     OutputContent,
     OutputSpec,
     RunOutput,
@@ -35,6 +37,7 @@ from tiling.writers import (
     recorded_run,
 )
 
+from .backends import check_backend
 from .budget import ModelMemory, ResourcePlan, parse_size, plan_resources
 from .checkpoint import Checkpoint, ModelCard, checkpoint_fingerprint, read_card, weights_fingerprint
 from .devices import check_precision, resolve_device
@@ -78,12 +81,9 @@ class RunPlan:
 
     def record(self) -> dict[str, Any]:
         """What makes a run this run: a resumed run must match it exactly (JSON-able)."""
-        stat = Path(self.input).stat()
         job, grid = self.job, self.grid
         record = {
-            "input": str(Path(self.input).resolve()),
-            "input_size": stat.st_size,
-            "input_mtime_ns": stat.st_mtime_ns,
+            **_input_record(self.input),
             "model": self.model_id,
             "bands": list(self.reader.bands),
             "shape": [grid.height, grid.width],
@@ -109,12 +109,23 @@ class RunPlan:
 
     def close(self) -> None:
         self.reader.close()
+        if self.output is not None:
+            self.output.destination.discard()  # an output uploaded to a URL: its scratch copy
 
     def __enter__(self) -> RunPlan:
         return self
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _input_record(input: str) -> dict[str, Any]:
+    """What identifies the input's version: its path, size and modification time; a URL's size and ETag."""
+    location = StoragePath.of(input)
+    version = location.version()
+    if location.is_remote:
+        return {"input": location.url, "input_size": version["size"], "input_etag": version["etag"]}
+    return {"input": str(Path(input).resolve()), "input_size": version["size"], "input_mtime_ns": version["mtime_ns"]}
 
 
 def plan_run(
@@ -132,19 +143,21 @@ def plan_run(
     """
     device = resolve_device(opts.device, here=not distributed)
     check_precision(opts.precision, device)
+    check_backend(opts.backend, device, opts.precision)
     card = None if model is None else model.card if isinstance(model, Checkpoint) else read_card(model)
     if card is None:
         card = _default_card(input, opts)
     tile = opts.tile or card.tile_size
     card.model.check_tile(tile)
     overlap = resolve_overlap(opts.overlap, tile)
-    fmt, work, chunk = None, None, opts.chunk
+    fmt, work, chunk, destination = None, None, opts.chunk, None
     if output is not None:
         spec = OutputSpec(opts.output_kind, opts.probs_dtype, opts.threshold)
-        fmt = output_format(Path(output), spec, opts.format)
-        fmt.check_destination(opts.overwrite)  # before any work: an unusable destination fails now
-        check_products(opts, Path(output))
-        work = StoreLocation.for_output(Path(output), opts.work_dir)
+        destination = Destination.of(output, opts.scratch_dir)
+        fmt = output_format(destination.assembly_path, spec, opts.format)
+        destination.check(fmt, opts.overwrite)  # before any work: an unusable destination fails now
+        check_products(opts, destination.assembly_path)
+        work = StoreLocation.for_output(destination.target, opts.work_dir)
         if opts.resume and chunk is None:
             chunk = _recorded_chunk(work)
 
@@ -194,7 +207,7 @@ def plan_run(
             if instances is not None and opts.min_object_area is not None:
                 instances = replace(instances, min_area=opts.min_object_area)
             content = OutputContent(reader.info, layers, card.class_names, instances, fmt.spec.threshold)
-            run_output = RunOutput(fmt, content, work)
+            run_output = RunOutput(fmt, content, work, destination)
     except BaseException:
         reader.close()
         raise
@@ -224,6 +237,7 @@ def _model_spec(model: ModelSource | None, device: str, opts: PredictOptions) ->
         "precision": opts.precision,
         "channels_last": opts.channels_last is not False,
         "tta": opts.tta,
+        "backend": opts.backend,
         "batch_size": opts.batch_size,
         "max_batch": max_batch_size(device, opts.batch_size),
     }

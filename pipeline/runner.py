@@ -1,4 +1,5 @@
-"""Runs tiles through the model: batched, under autocast, with optional flip TTA.
+"""Runs tiles through the model: batched, normalised on the device, with optional flip TTA; the forward pass
+itself is the engine's (``backends``: torch under autocast, ONNX Runtime or OpenVINO), made on the first batch.
 
 A runner is made once per process and model (``cache.model_cache``) and shared by the process's threads. On a
 CPU several forward passes run side by side, each on its share of the cores, on the threads of a
@@ -21,13 +22,17 @@ import numpy as np
 import torch
 
 from tiling.normalize import Normalization
+from tiling.storage import StoragePath, is_remote
 
+from .backends import Backend
+from .backends.choice import BackendSetup, build_backend, fastest_backend
 from .batch_sizer import CANDIDATE_BATCHES, BatchSizer
-from .checkpoint import Checkpoint, ModelCard, load_checkpoint
-from .devices import PRECISIONS, process_device, process_forward_threads
+from .checkpoint import Checkpoint, ModelCard, load_checkpoint, weights_fingerprint
+from .checkpoint_download import remote_digest
+from .devices import PRECISIONS, available_cores, process_device, process_forward_threads, set_torch_threads
 from .forward_pool import ForwardPool, Origin, TileRequest
 from .layout import tile_input
-from .model import activation_bytes_per_tile, logits_to_probs
+from .model import activation_bytes_per_tile
 from .staging import BatchStager, StagedBatch
 
 #: ``ModelSpec.checkpoint`` of a model handed over in memory rather than as a file.
@@ -46,6 +51,8 @@ class ModelSpec:
     precision: str = "fp32"
     channels_last: bool = False
     tta: str = "none"
+    #: The engine (``pipeline.backends``): torch, onnxruntime, openvino, or auto (chosen on the first batch).
+    backend: str = "torch"
     batch_size: int | None = None
     max_batch: int = 64
     #: The model itself, when it was handed over in memory (threaded runs in this process only); not part of
@@ -54,6 +61,9 @@ class ModelSpec:
 
     @classmethod
     def for_checkpoint(cls, path: str | os.PathLike[str], **settings: object) -> ModelSpec:
+        if is_remote(path):  # identified by its weights: each worker downloads it once
+            url = os.fspath(path)
+            return cls(checkpoint=url, fingerprint=remote_digest(StoragePath(url)), **settings)  # type: ignore[arg-type]
         path = os.path.abspath(path)
         stat = os.stat(path)
         return cls(checkpoint=path, fingerprint=f"{stat.st_size}-{stat.st_mtime_ns}", **settings)  # type: ignore[arg-type]
@@ -79,8 +89,12 @@ class ModelRunner:
             self.model = checkpoint.model
         self.card: ModelCard = checkpoint.card
         self.device = torch.device(spec.device)
-        if spec.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        #: The engine by tile size, made on a tile size's first batch (``auto`` times the candidates on it): an
+        #: optional engine's converted model has the tile's shape.
+        self._backends: dict[int, Backend] = {}
+        self._backend_lock = threading.Lock()
+        #: ``auto``'s timings on the first batch: median seconds per tile of each engine it tried.
+        self.backend_timings: dict[str, float] = {}
         on_gpu = self.device.type == "cuda"
         # On a GPU one forward at a time (they share the device anyway, and memory stays one batch), run by the
         # calling thread; on a CPU forwards run side by side on the pool's threads.
@@ -134,21 +148,50 @@ class ModelRunner:
         x = (x.float() - mean) * inv_std
         if valid is not None:
             x *= valid[:, None]
-        if self.spec.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        dtype = PRECISIONS[self.spec.precision]
+        backend = self.backend(x)
         flips: list[tuple[int, ...]] = [()] if self.spec.tta == "none" else [(), (2,), (3,), (2, 3)]
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+        with torch.inference_mode():
             total = None
             for dims in flips:
                 xi = torch.flip(x, dims) if dims else x
-                probs = logits_to_probs(self.model(xi))
+                probs = backend.probabilities(xi)
                 probs = torch.flip(probs, dims) if dims else probs
                 total = probs if total is None else total + probs
             assert total is not None
             if len(flips) > 1:
                 total = total / len(flips)
         return total.float().contiguous()
+
+    @property
+    def backend_name(self) -> str | None:
+        """The engine that ran the latest tile size's tiles (None before the first batch)."""
+        with self._backend_lock:
+            return next((b.name for b in reversed(self._backends.values())), None)
+
+    def backend(self, x: torch.Tensor) -> Backend:
+        """The engine, made the first time (converting the model for an optional engine, or finding it converted
+        on disk); ``auto`` times the candidates on ``x``, the first batch of normalised tiles."""
+        tile = int(x.shape[-1])
+        with self._backend_lock:
+            backend = self._backends.get(tile)
+            if backend is None:
+                setup = BackendSetup(
+                    model=self.model,
+                    weights=weights_fingerprint(self.model) if self.spec.backend != "torch" else "",
+                    bands=self.card.model.in_channels,
+                    tile=tile,
+                    device=self.device,
+                    precision=self.spec.precision,
+                    dtype=PRECISIONS[self.spec.precision],
+                    channels_last=self.spec.channels_last,
+                    forward_threads=process_forward_threads().count if self._pool is not None else 1,
+                )
+                if self.spec.backend == "auto":
+                    backend, self.backend_timings = fastest_backend(setup, x)
+                else:
+                    backend = build_backend(self.spec.backend, setup)
+                self._backends[tile] = backend
+            return backend
 
     @contextlib.contextmanager
     def queued(
@@ -204,6 +247,9 @@ class ModelRunner:
         """Stack the tiles of ``request`` at ``origins``, run them, and report the batch's time to the sizer."""
         batch = _stacked(request.image, origins, request.tile)
         batch_valid = None if request.valid is None else _stacked(request.valid, origins, request.tile)
+        # A thread's OpenMP team keeps the size it had when the thread first ran torch: a pool thread that served
+        # a run of one forward thread would otherwise run two-core passes side by side with another's.
+        set_torch_threads(max(1, available_cores() // process_forward_threads().count))
         began, cpu_began = time.perf_counter(), time.thread_time()
         with self._forward_lock:
             probs = self.probabilities(batch, batch_valid, request.normalization)

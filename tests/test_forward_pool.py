@@ -163,3 +163,34 @@ def test_running_float_tiles_leaves_the_caller_s_image_untouched(checkpoint) -> 
         assert sum(len(batch) for batch, _ in results) == 2
     runner.close()
     np.testing.assert_array_equal(image, before)
+
+
+def test_pool_threads_take_their_share_of_cores_in_every_run(checkpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool thread's OpenMP team keeps the size it had on the thread's first torch call: a thread that served a
+    run of one forward pass (all cores) must shrink to its share when a later run has two side by side."""
+    import torch
+
+    from pipeline import devices
+    from pipeline import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "available_cores", lambda: 4)
+    monkeypatch.setattr(devices, "available_cores", lambda: 4)
+    runner = ModelRunner(ModelSpec.for_checkpoint(checkpoint, batch_size=1))
+    seen: list[int] = []
+    original = runner.probabilities
+
+    def probabilities(*args: object) -> np.ndarray:
+        seen.append(torch.get_num_threads())
+        return original(*args)
+
+    monkeypatch.setattr(runner, "probabilities", probabilities)
+    image = np.zeros((3, 64, 64), np.uint8)
+    previous = torch.get_num_threads()
+    try:
+        for workers in (1, 2):
+            with devices.cpu_threads(workers), runner.queued(image, None, [(0, 0)], 64, runner.card.normalization) as r:
+                assert len(list(r)) == 1
+    finally:
+        runner.close()
+        torch.set_num_threads(previous)
+    assert seen == [4, 2]

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import InputError, OptionError, TilewiseWarning, option
+from ..storage import StoragePath, StorageSettings
 from .base import RasterInfo, RasterReader, round_um
 from .geotiff import GdalReader
 from .resample import ResampledReader
@@ -35,14 +36,42 @@ __all__ = [
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-def _is_tiff(path: Path) -> bool:
-    with path.open("rb") as f:
+def _is_tiff(location: StoragePath) -> bool:
+    with location.open_read(block_size=4096) as f:
         return f.read(4) in _TIFF_MAGIC
 
 
-def _is_georeferenced_tiff(path: Path) -> bool:
-    with open_tiff(str(path)) as tif:
+def _is_georeferenced_tiff(path: str) -> bool:
+    with open_tiff(path) as tif:
         return bool(tif.is_geotiff)
+
+
+def _kind(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """What ``path`` holds ("zarr", "slide" or "gdal") and the name its reader opens. A local file must exist;
+    a URL must answer (a GDAL-only name such as ``/vsicurl/…`` is left to GDAL)."""
+    location = StoragePath.of(path)
+    if location.is_remote:
+        StorageSettings.from_environment().apply()  # GDAL reads its settings from the environment
+        if location.text.startswith("/vsi"):
+            return "gdal", location.text
+        info = location.info()
+        if info.get("type") == "directory" or location.name.endswith(".zarr"):
+            return "zarr", location.url
+        if not info.get("size"):
+            raise InputError(f"input {location} is an empty file")
+        if _is_tiff(location) and not _is_georeferenced_tiff(location.url):
+            return "slide", location.url
+        return "gdal", location.text
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"input {p} does not exist")
+    if p.is_dir() or p.suffix == ".zarr":
+        return "zarr", str(p)
+    if p.stat().st_size == 0:
+        raise InputError(f"input {p} is an empty file")
+    if _is_tiff(location) and not _is_georeferenced_tiff(str(p)):
+        return "slide", str(p)
+    return "gdal", str(p)
 
 
 def open_raster(
@@ -60,20 +89,16 @@ def open_raster(
     ``mpp_tolerance``. ``input_mpp`` declares the input's pixel size (µm) where it states none (PNG, plain TIFF);
     ``model_mpp`` is the pixel size a model was trained at: an input whose pixel size is known is then read at
     it unless ``level`` or ``mpp`` say otherwise. Reads are in the chosen level's (or the resampled) grid.
+    ``path`` may be a URL (``s3://``, ``https://``, GDAL's ``/vsis3/``…): read window by window with ranged
+    requests, each worker with its own handle.
     """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"input {p} does not exist")
+    kind, name = _kind(path)
     if level is not None and mpp is not None:
         raise OptionError("give either --level or --mpp, not both")
-    if p.is_dir() or p.suffix == ".zarr":
-        reader: RasterReader = ZarrReader(str(p), bands)
-    else:
-        if p.stat().st_size == 0:
-            raise InputError(f"input {p} is an empty file")
-        if _is_tiff(p) and not _is_georeferenced_tiff(p):
-            return _open_slide(str(p), bands, level, mpp, mpp_tolerance, input_mpp, model_mpp)
-        reader = GdalReader(str(p), bands)
+    if kind == "slide":
+        return _open_slide(name, bands, level, mpp, mpp_tolerance, input_mpp, model_mpp)
+    reader: RasterReader = ZarrReader(name, bands) if kind == "zarr" else GdalReader(name, bands)
+    p = name
     try:
         _declare_pixel_size(reader, input_mpp)
         if level is not None:

@@ -14,6 +14,7 @@ from rasterio.windows import Window
 
 from ..errors import InputError
 from ..plan import Span
+from ..storage import StoragePath, StorageSettings
 from .base import HandlePool, RasterInfo, check_dtype, check_shape, nan_free, read_error, select_bands
 
 #: Opening under ``warnings.catch_warnings`` one thread at a time: the filter list it swaps is global.
@@ -29,12 +30,17 @@ def open_quietly(path: str) -> Any:
 
 
 class GdalReader:
-    """Windowed reads through rasterio; one GDAL handle per concurrent reader thread."""
+    """Windowed reads through rasterio; one GDAL handle per concurrent reader thread. A URL is read with ranged
+    requests through GDAL's network file systems, with the storage settings of the process that opened the
+    reader applied wherever it lands (a cluster worker)."""
 
     def __init__(self, path: str, bands: tuple[int, ...] | list[int] | None = None) -> None:
         self.path = path
+        location = StoragePath.of(path)
+        self._gdal_path = location.gdal_path
+        self._settings = StorageSettings.from_environment() if location.is_remote else None
         try:
-            with open_quietly(path) as ds:
+            with self._open() as ds:
                 check_shape(ds.height, ds.width, path)
                 self.bands = select_bands(bands, ds.count, path)
                 dtypes = {ds.dtypes[b - 1] for b in self.bands}
@@ -60,7 +66,12 @@ class GdalReader:
         except RasterioError as exc:
             raise InputError(f"{path} is not a raster GDAL can read: {exc}") from None
         self._mask_mode = _mask_mode(flags)
-        self._pool = HandlePool(lambda: open_quietly(path))
+        self._pool = HandlePool(self._open)
+
+    def _open(self) -> Any:
+        if self._settings is not None:
+            self._settings.apply()
+        return open_quietly(self._gdal_path)
 
     def read(self, rows: Span, cols: Span) -> tuple[np.ndarray, np.ndarray]:
         window = Window(cols.start, rows.start, cols.size, rows.size)
@@ -103,7 +114,7 @@ class GdalReader:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._pool = HandlePool(lambda: open_quietly(self.path))
+        self._pool = HandlePool(self._open)
 
 
 def _valid_where_not_nodata(data: np.ndarray, nodata: list[float]) -> np.ndarray:

@@ -8,6 +8,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError
 
 from ..plan import Span
+from ..storage import StoragePath
 from .base import RasterInfo, RasterReader
 from .geotiff import open_quietly
 
@@ -37,7 +38,7 @@ def expand_palette(reader: RasterReader) -> RasterReader:
     if reader.info.count != 1 or reader.info.dtype != "uint8":
         return reader
     try:
-        with open_quietly(reader.info.path) as ds:
+        with open_quietly(StoragePath.of(reader.info.path).gdal_path) as ds:
             if ds.colorinterp[0] != ColorInterp.palette:
                 return reader
             colormap = ds.colormap(1)

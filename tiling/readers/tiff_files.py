@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from typing import Any
 
 import tifffile
 
-from ..errors import InputError
+from ..errors import InputError, TilewiseError
+from ..storage import StoragePath
 
 _LOGGER = logging.getLogger("tifffile")
 _LOCK = threading.Lock()
@@ -30,14 +32,34 @@ class _Messages(logging.Handler):
             self.messages.append(re.sub(r"^<[^>]*>\s*", "", " ".join(record.getMessage().split())))
 
 
+class _RemoteTiff(tifffile.TiffFile):
+    """A TIFF read through an fsspec file (ranged requests), which it closes with itself."""
+
+    def __init__(self, source: Any) -> None:
+        self._source = source
+        try:
+            super().__init__(source)
+        except BaseException:
+            source.close()
+            raise
+
+    def close(self) -> None:
+        super().close()
+        self._source.close()
+
+
 def open_tiff(path: str) -> tifffile.TiffFile:
-    """``path`` opened by tifffile, or an ``InputError`` naming the file and the problem."""
+    """``path`` (a local path or a URL) opened by tifffile, or an ``InputError`` naming the file and the
+    problem."""
+    location = StoragePath.of(path)
     collector = _Messages(threading.get_ident())
     with _LOCK:
         _LOGGER.addHandler(collector)
     try:
-        tif = tifffile.TiffFile(path)
+        tif = _RemoteTiff(location.open_read()) if location.is_remote else tifffile.TiffFile(path)
         has_image = len(tif.pages) > 0 and bool(tif.series)
+    except TilewiseError:
+        raise
     except Exception as exc:  # tifffile raises many types for damaged files
         raise InputError(f"{path} is not a readable TIFF: {' '.join(str(exc).split())}") from None
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .destination import Destination
 from .encode import OUTPUT_KINDS, PROBS_DTYPES, OutputSpec
 from .formats import OutputContent, OutputFormat, choose_format
 from .geotiff import CogFormat, GeoTiffFormat
@@ -45,6 +46,7 @@ __all__ = [
     "FORMATS",
     "OUTPUT_KINDS",
     "PROBS_DTYPES",
+    "Destination",
     "Layer",
     "OutputContent",
     "OutputFormat",

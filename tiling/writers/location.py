@@ -16,6 +16,7 @@ from typing import Any
 import zarr
 
 from ..errors import OptionError
+from ..storage import StoragePath, filesystem, storage_error
 from .atomic import partial_path
 
 #: Attempts at removing a local store that files are still landing in, and the pause between them.
@@ -46,11 +47,12 @@ class StoreLocation:
     url: str
 
     @classmethod
-    def for_output(cls, output: Path, work_dir: str | None) -> StoreLocation:
-        """``OUTPUT.partial`` next to the output, or under ``work_dir`` (a folder or URL) when given."""
-        name = partial_path(output).name
+    def for_output(cls, output: Path | StoragePath, work_dir: str | None) -> StoreLocation:
+        """``OUTPUT.partial`` next to the output (a path or URL), or under ``work_dir`` (a folder or URL)."""
+        target = StoragePath.of(output)
+        name = partial_path(Path(target.name)).name
         if work_dir is None:
-            return cls(str(output.with_name(name)))
+            return cls(target.sibling(name).text)
         if "://" in work_dir:
             return cls(f"{work_dir.rstrip('/')}/{name}")
         folder = Path(work_dir)
@@ -72,7 +74,9 @@ class StoreLocation:
     def _fs(self) -> tuple[Any, str]:
         import fsspec
 
-        return fsspec.core.url_to_fs(self.url, **self.storage_options)
+        if self.url.startswith("file://"):
+            return fsspec.core.url_to_fs(self.url, **self.storage_options)
+        return filesystem(self.url)
 
     @property
     def storage_options(self) -> dict[str, Any]:
@@ -88,15 +92,21 @@ class StoreLocation:
         if self.is_local:
             return Path(self.url).exists()
         fs, path = self._fs()
-        return bool(fs.exists(path))
+        try:
+            return bool(fs.exists(path))
+        except Exception as exc:
+            raise storage_error(exc, f"the work store {self.url}") from None
 
     def remove(self) -> None:
         if self.is_local:
             _remove_local(Path(self.url))
             return
         fs, path = self._fs()
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
+        try:
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+        except Exception as exc:
+            raise storage_error(exc, f"the work store {self.url}") from None
 
     def download(self, local: Path) -> None:
         """Copy the store to the local folder ``local`` (which must not exist)."""

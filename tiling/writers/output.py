@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError, TilewiseWarning, WriteFailure, attach_note, option
+from ..storage import StoragePath
+from .destination import Destination
 from .disk import DiskCheck, check_needs, existing_folder, folder_size, mib
 from .formats import OutputContent, OutputFormat
 from .location import StoreLocation
@@ -48,13 +50,27 @@ class Writing:
 class RunOutput:
     """One run's output: a format at its path, what it holds, and the work store it is assembled from."""
 
-    def __init__(self, fmt: OutputFormat, content: OutputContent, work: StoreLocation) -> None:
+    def __init__(
+        self,
+        fmt: OutputFormat,
+        content: OutputContent,
+        work: StoreLocation,
+        destination: Destination | None = None,
+    ) -> None:
         fmt.check_content(content)
         self.format, self.content, self.work = fmt, content, work
+        #: Where the output goes once assembled (a URL: uploaded from the format's scratch path).
+        self.destination = destination or Destination(StoragePath(str(fmt.path)))
 
     @property
     def paths(self) -> list[Path]:
+        """The files the format assembles (for an output at a URL, its scratch copies)."""
         return self.format.paths()
+
+    @property
+    def names(self) -> list[Path | str]:
+        """The outputs as the user named them: paths, or URLs."""
+        return [self.destination.name_of(path) for path in self.format.paths()]
 
     def disk_checks(self, chunk: int, resume: bool = False) -> list[DiskCheck]:
         """What the run writes at its peak, per filesystem, against the free space there. A resumed run's work
@@ -86,7 +102,10 @@ class RunOutput:
             store = self._open(chunk, chunk_grid, record, resuming)
             opened = Writing(store, frozenset(store.done_chunks(chunk_grid)))
             yield opened
+            if self.destination.scratch is not None:
+                self.destination.scratch.mkdir(parents=True, exist_ok=True)
             self.format.assemble(store, self.content)
+            self.destination.publish(self.format.paths())
             self.work.remove()
         except BaseException as exc:
             error = self._explained(exc, chunk[0])
