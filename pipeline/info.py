@@ -67,7 +67,7 @@ def plan_lines(plan: RunPlan, model: str | None) -> list[str]:
     ]
     if plan.output is not None:
         fmt = plan.output.format
-        lines.append(f"output      {', '.join(plan.output.names)} ({fmt.name}, {fmt.spec.kind})")
+        lines.append(f"output      {', '.join(str(name) for name in plan.output.names)} ({fmt.name}, {fmt.spec.kind})")
         for check in plan.output.disk_checks(chunks.chunk[0], resume=False):
             verdict = "fits" if check.fits else "cannot fit" if check.cannot_fit else "may not fit"
             lines.append(f"disk        {check.describe()}: {verdict}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
 from pipeline.budget import ModelMemory, plan_resources
@@ -116,3 +119,14 @@ def test_large_sums_live_in_their_own_mapping_and_start_at_zero() -> None:
     assert large.dtype == np.float32 and large.shape == (2, 1024, 1024) and not large.any()
     small = zeros_outside_heap((OWN_MAPPING_BYTES // 8,))
     assert small.base is None and not small.any()
+
+
+def test_info_prints_the_estimate_term_by_term_and_the_output(
+    checkpoint: Path, image_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    from pipeline.info import describe
+
+    text = describe(str(image_file((3, 200, 230))), str(checkpoint), PredictOptions(), str(tmp_path / "out.tif"))
+    memory = text.splitlines()[[line.startswith("memory") for line in text.splitlines()].index(True) + 1]
+    assert memory.strip().startswith("process ") and "forward passes" in memory and "free heap 128.0 MiB" in memory
+    assert f"output      {tmp_path / 'out.tif'} (cog, labels)" in text
