@@ -1,8 +1,8 @@
 """Planning a run within a memory budget: chunk size and how many chunks are in flight at once.
 
-Peak memory is set by the chunk size and the number of chunks in flight, never by the raster's size: each
-chunk in flight holds its input window, its accumulators and its output; the only thing that grows with the
-raster is the strip of tile overhangs waiting for the next row of chunks (``width × tile``).
+Peak memory is set by the chunk size and the number of chunks in flight, never by the raster's size (the terms
+are in ``memory_model``); the only thing that grows with the raster is the strip of tile overhangs waiting for
+the next row of chunks (``width × overhang``). The chunk is the smallest that keeps the run at full speed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import psutil
 
 from tiling.errors import OptionError
 from tiling.grid import TileGrid
+
+from .memory_model import ChunkCost, ChunkShape, ChunkSpeed, MemoryEstimate
 
 #: Default memory limit as a fraction of the memory available when the run starts.
 DEFAULT_FRACTION = 0.6
@@ -154,43 +156,21 @@ def process_memory() -> int:
 
 
 @dataclass(frozen=True)
-class ChunkCost:
-    """Bytes a run needs, from the raster's bands and the model's classes."""
-
-    bands: int
-    classes: int
-    itemsize: int
-    #: Pixels a tile's input is wider than its output (a valid model's context on both sides; 0 for 'same').
-    context: int = 0
-
-    def per_chunk(self, chunk: int, tile: int) -> int:
-        """Bytes held by one chunk in flight (input window, accumulators, blended and encoded output)."""
-        extent = (chunk + tile) ** 2
-        read = (chunk + tile + self.context) ** 2
-        window = read * (self.bands * (self.itemsize + 4) + 1) + extent * 4 * (self.classes + 1)
-        output = chunk * chunk * (8 * (self.classes + 1) + 1 + 4 * self.classes)
-        return window + output
-
-    def overhang_strip(self, width: int, tile: int) -> int:
-        """Tile overhangs waiting for the next row of chunks."""
-        return 2 * width * tile * 4 * (self.classes + 1)
-
-
-@dataclass(frozen=True)
 class ResourcePlan:
-    """How a run fits its memory budget."""
+    """How a run fits its memory budget: the chunk size, the chunks in flight and what the run holds at peak."""
 
     chunk: int
     workers: int
     memory_limit: int
-    per_chunk: int
-    per_worker: int
-    fixed: int
+    estimate: MemoryEstimate
 
     @property
     def estimated_peak(self) -> int:
-        # One chunk more than the workers: a finished chunk waiting for its blend (see graph.build_graph).
-        return self.fixed + self.workers * (self.per_chunk + self.per_worker) + self.per_chunk
+        return self.estimate.peak
+
+    @property
+    def per_chunk(self) -> int:
+        return self.estimate.per_chunk
 
     @property
     def gdal_cache_mb(self) -> int:
@@ -205,70 +185,107 @@ def gdal_cache_bytes(memory_limit: int) -> int:
 
 
 def default_chunk(tile: int) -> int:
-    """A chunk big enough that re-reading tile borders costs little (8 tiles), within 1024…4096 px."""
+    """The largest chunk planned: big enough that re-reading tile borders costs little (8 tiles), within
+    1024…4096 px."""
     target = max(1024, min(MAX_AUTO_CHUNK, 8 * tile))
     return math.ceil(target / CHUNK_QUANTUM) * CHUNK_QUANTUM
 
 
-def balanced_first(sizes: list[int], grid: TileGrid, workers: int) -> list[int]:
-    """Candidate chunk sizes, largest first, but starting at the largest that gives every worker
-    ``CHUNKS_PER_WORKER`` chunks when that costs less than halving the default.
+def balanced_sizes(sizes: list[int], grid: TileGrid, workers: int) -> list[int]:
+    """Candidate chunk sizes (ascending) without those too large to give every worker ``CHUNKS_PER_WORKER``
+    chunks, unless that would take away more than the upper half of the sizes.
 
     With few chunks per worker a model-bound run ends with idle workers waiting for the last, unevenly sized
     chunks (at 4096², 2048-px chunks hold 121, 110, 110 and 100 tiles: two workers get about 231 and 210).
     """
-    floor = sizes[0] // 2
-    for i, size in enumerate(sizes):
-        if size < floor:
+    floor = sizes[-1] // 2
+    for i in range(len(sizes) - 1, -1, -1):
+        if sizes[i] < floor:
             break
-        if math.ceil(grid.height / size) * math.ceil(grid.width / size) >= CHUNKS_PER_WORKER * workers:
-            return sizes[i:]
+        if math.ceil(grid.height / sizes[i]) * math.ceil(grid.width / sizes[i]) >= CHUNKS_PER_WORKER * workers:
+            return sizes[: i + 1]
     return sizes
+
+
+@dataclass(frozen=True)
+class ModelMemory:
+    """What the model adds to a run: its weights (once), and what each forward thread holds for a batch (on a
+    CPU its activations, on a GPU the host-side buffers of a batch)."""
+
+    weights: int
+    per_forward: int
 
 
 def plan_resources(
     grid: TileGrid,
     cost: ChunkCost,
-    model_bytes: int,
+    model: ModelMemory,
+    speed: ChunkSpeed | None = None,
     memory_limit: int | None = None,
     chunk: int | None = None,
     workers: int | None = None,
     baseline: int | None = None,
-    worker_bytes: int = 0,
     balance: bool = True,
 ) -> ResourcePlan:
-    """Pick the chunk size and chunks in flight that fit ``memory_limit`` (bytes for the whole process).
+    """Pick the chunk size and chunks in flight for a run within ``memory_limit`` (bytes for the whole process).
 
-    ``model_bytes`` is what the model holds once (weights; on a GPU its host-side buffers); ``worker_bytes``
-    what each worker needs besides its chunk (on a CPU, the activations of its batches); ``baseline`` the
-    memory the process already holds (defaults to its current resident size). ``balance``: the model's work
-    sets the run's length, so chunks are made small enough to share it evenly among the workers
-    (``balanced_first``); otherwise reading, blending and writing do, and fewer, larger chunks cost less.
+    The chunk is the smallest that keeps the run at full speed (``speed``: its halo and per-chunk work stay
+    a small share of its own work, and it gives the forward threads full batches), so memory does not grow
+    with the raster; without ``speed`` (the run's speed is the pipeline's) the largest, ``default_chunk``. When
+    that does not fit, smaller chunks, then fewer chunks in flight. ``baseline`` is the memory the process
+    already holds (defaults to its current resident size). ``balance``: the model's work sets the run's length
+    and the workers are separate processes, so chunks are small enough to share it evenly
+    (``balanced_sizes``).
     """
     limit = memory_limit if memory_limit is not None else available_memory_fraction(DEFAULT_FRACTION)
     base = process_memory() if baseline is None else baseline
     cpus = os.cpu_count() or 1
-    fixed = base + model_bytes + cost.overhang_strip(grid.width, grid.tile) + gdal_cache_bytes(limit)
     if chunk is not None:
         sizes = [chunk]
     else:
-        sizes = list(range(default_chunk(grid.tile), CHUNK_QUANTUM - 1, -CHUNK_QUANTUM))
+        sizes = list(range(CHUNK_QUANTUM, default_chunk(grid.tile) + 1, CHUNK_QUANTUM))
         if balance:
-            sizes = balanced_first(sizes, grid, workers or cpus)
-    # First the largest chunk that keeps every worker busy (not below 512 px just for parallelism), then the
-    # largest that fits at all with fewer workers.
-    for full_parallelism in (True, False):
-        for size in sizes:
-            if full_parallelism and size < min(512, sizes[0]):
-                break
-            n_chunks = math.ceil(grid.height / size) * math.ceil(grid.width / size)
-            wanted = workers if workers is not None else min(cpus, n_chunks)
-            per_chunk = cost.per_chunk(min(size, max(grid.height, grid.width)), grid.tile)
-            fits = (limit - fixed - per_chunk) // (per_chunk + worker_bytes)  # one chunk waits for its blend
-            if fits >= (wanted if full_parallelism else 1):
-                return ResourcePlan(size, int(min(wanted, fits)), limit, per_chunk, worker_bytes, fixed)
-    need = fixed + 2 * cost.per_chunk(sizes[-1], grid.tile) + worker_bytes
+            sizes = balanced_sizes(sizes, grid, workers or cpus)
+    shapes = {size: ChunkShape.of(grid, size) for size in sizes}
+    preferred = sizes[-1]
+    if speed is not None:
+        preferred = next((size for size in sizes if speed.full_speed(shapes[size])), sizes[-1])
+    smaller = [size for size in reversed(sizes) if size <= preferred]
+
+    def estimate(size: int, in_flight: int) -> MemoryEstimate:
+        shape = shapes[size]
+        per_chunk = cost.per_chunk(shape.extent, shape.chunk)
+        return MemoryEstimate(
+            baseline=base,
+            model=model.weights,
+            forward_threads=in_flight,
+            per_forward=model.per_forward,
+            chunks_in_flight=in_flight,
+            per_chunk=per_chunk,
+            overhangs=cost.overhang_row(grid.width, shape.overhang[0]),
+            gdal_cache=gdal_cache_bytes(limit),
+            assembly=shape.chunk[0] * shape.chunk[1] * cost.output_bytes,
+            free_heap=HEAP_ALLOWANCE,
+        )
+
+    def wanted(size: int) -> int:
+        return workers if workers is not None else min(cpus, shapes[size].n_chunks)
+
+    # First the preferred chunk, then smaller ones, with every worker busy (not below 512 px just for
+    # parallelism); then the largest that fits at all with fewer workers.
+    for size in smaller:
+        if size < min(512, smaller[0]):
+            break
+        plan = estimate(size, wanted(size))
+        if plan.peak <= limit:
+            return ResourcePlan(size, wanted(size), limit, plan)
+    for size in smaller:
+        for in_flight in range(wanted(size) - 1, 0, -1):
+            plan = estimate(size, in_flight)
+            if plan.peak <= limit:
+                return ResourcePlan(size, in_flight, limit, plan)
+    need = estimate(smaller[-1], 1).peak
     raise OptionError(
         f"memory limit {limit / 2**20:.0f} MiB is too small for this run: it needs at least {need / 2**20:.0f} MiB "
-        f"(chunk {sizes[-1]} px, one chunk in flight); raise --memory-limit or lower --chunk/--batch-size"
+        f"(chunk {smaller[-1]} px, one chunk in flight); raise --memory-limit or lower --chunk/--batch-size"
     )

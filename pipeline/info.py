@@ -5,6 +5,7 @@ from __future__ import annotations
 from tiling.readers import RasterInfo, RasterReader, ResampledReader
 from tiling.writers.disk import mib
 
+from .budget import ResourcePlan
 from .options import PredictOptions
 from .run_plan import RunPlan, plan_run
 
@@ -61,16 +62,25 @@ def plan_lines(plan: RunPlan, model: str | None) -> list[str]:
         f"{cols} x {rows} = {grid.n_tiles} tiles",
         f"chunks      {chunks.chunk[0]} px: {chunk_cols} x {chunk_rows} = {chunks.n_chunks} chunks, "
         f"{resources.workers} in flight",
-        f"memory      about {mib(resources.estimated_peak)} at peak ({mib(resources.per_chunk)} per chunk in flight; "
-        f"limit {mib(resources.memory_limit)})",
+        f"memory      about {resources.estimated_peak / 2**20:,.0f} MiB at peak (limit {mib(resources.memory_limit)})",
+        f"{'':<12}{memory_terms(resources)}",
     ]
     if plan.output is not None:
         fmt = plan.output.format
-        lines.append(f"output      {', '.join(plan.output.names)} ({fmt.name}, {fmt.spec.kind})")
+        lines.append(f"output      {', '.join(str(name) for name in plan.output.names)} ({fmt.name}, {fmt.spec.kind})")
         for check in plan.output.disk_checks(chunks.chunk[0], resume=False):
             verdict = "fits" if check.fits else "cannot fit" if check.cannot_fit else "may not fit"
             lines.append(f"disk        {check.describe()}: {verdict}")
     return lines
+
+
+def memory_terms(resources: ResourcePlan) -> str:
+    """What the peak is made of: ``process 290 MiB + model 7.4 MiB + forward passes 2 × 486 MiB + ...``."""
+    terms = [
+        f"{name} {count} × {mib(size)}" if count != 1 else f"{name} {mib(size)}"
+        for name, count, size in resources.estimate.terms()
+    ]
+    return " + ".join(terms)
 
 
 def describe(input: str, model: str | None, opts: PredictOptions, output: str | None = None) -> str:

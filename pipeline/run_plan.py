@@ -38,11 +38,12 @@ from tiling.writers import (
 )
 
 from .backends import check_backend
-from .budget import ChunkCost, ResourcePlan, parse_size, plan_resources
+from .budget import ModelMemory, ResourcePlan, parse_size, plan_resources
 from .checkpoint import Checkpoint, ModelCard, checkpoint_fingerprint, read_card, weights_fingerprint
 from .devices import check_precision, resolve_device
 from .graph import TileJob
 from .layout import tile_input, tile_layout
+from .memory_model import CPU_FORWARD_SLACK, CPU_NS_PER_MAC, ChunkCost, ChunkSpeed, encoded_bytes
 from .model import UNetConfig, activation_bytes_per_tile, macs_per_pixel, parameter_bytes
 from .options import PredictOptions
 from .products import check_products
@@ -181,7 +182,17 @@ def plan_run(
         )
         layout = tile_layout(card.model, reader.info.height, reader.info.width, tile, overlap, opts.blend)
         grid = layout.grid
-        resources = plan_memory(grid, card.model, bands, reader.info.dtype, device, opts, chunk, distributed)
+        resources = plan_memory(
+            grid,
+            card.model,
+            bands,
+            reader.info.dtype,
+            device,
+            opts,
+            chunk,
+            distributed,
+            None if fmt is None else fmt.spec,
+        )
         spec = _model_spec(model, device, opts)
         job = TileJob(
             tile, layout.blend, float(opts.sigma), normalization, card.model.classes, spec, opts.min_valid, layout.input
@@ -260,24 +271,36 @@ def plan_memory(
     opts: PredictOptions,
     chunk: int | None,
     distributed: bool = False,
+    output: OutputSpec | None = None,
 ) -> ResourcePlan:
     """Chunk size and chunks in flight for a run of ``model`` over ``grid`` within the memory limit.
 
-    Chunks are balanced among workers (``budget.balanced_first``) only where the model's work sets the run's
-    length and the workers are separate processes: threads of one process share their forward passes through
-    the runner's pool, so a thread left with the last chunk is not left alone with it.
+    The chunk is the smallest that keeps the run at full speed: on a CPU the model's work per pixel
+    (``macs_per_pixel``) sets how small it may be; on a GPU the pipeline's, and chunks stay large. Chunks are
+    balanced among workers (``budget.balanced_sizes``) only where the model's work sets the run's length and
+    the workers are separate processes: threads of one process share their forward passes through the runner's
+    pool, so a thread left with the last chunk is not left alone with it.
     """
-    input_size = tile_input(model, grid.tile).input_size(grid.tile)
-    batch_bytes = max_batch_size(device, opts.batch_size) * activation_bytes_per_tile(model, input_size)
+    max_batch = max_batch_size(device, opts.batch_size)
+    input_size = tile_input(model, grid.tile).input_size(grid.tile)  # a valid model's tiles read their context
     on_cpu = device == "cpu"
+    per_tile = activation_bytes_per_tile(model, input_size)
+    if on_cpu:  # every forward thread runs its own batches
+        per_forward = int(CPU_FORWARD_SLACK * max_batch * per_tile)
+    else:  # the host side of a batch: its input twice (staged while the previous one runs) and its probabilities
+        staged = 2 * input_size**2 * (bands * np.dtype(dtype).itemsize + 1)
+        per_forward = max_batch * (staged + grid.tile**2 * 4 * model.classes)
     model_bound = not device.startswith("cuda") and macs_per_pixel(model) >= MODEL_BOUND_MACS_PER_PIXEL
+    model_ns = CPU_NS_PER_MAC * macs_per_pixel(model) if on_cpu else 0.0
     return plan_resources(
         grid,
-        ChunkCost(bands, model.classes, np.dtype(dtype).itemsize, input_size - grid.tile),
-        model_bytes=parameter_bytes(model) + (0 if on_cpu else batch_bytes // 8),  # GPU: host-side batch buffers
+        ChunkCost(
+            bands, model.classes, np.dtype(dtype).itemsize, encoded_bytes(output, model.classes), input_size - grid.tile
+        ),
+        ModelMemory(parameter_bytes(model), per_forward),
+        speed=ChunkSpeed(model_ns, max_batch),
         memory_limit=parse_size(opts.memory_limit) if opts.memory_limit is not None else None,
         chunk=chunk,
         workers=opts.workers,
-        worker_bytes=batch_bytes if on_cpu else 0,  # on a CPU every worker runs its own forward passes
         balance=distributed and model_bound,
     )

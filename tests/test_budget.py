@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from pipeline import budget, prediction
-from pipeline.budget import ChunkCost, parse_size, plan_resources
+from pipeline.budget import ModelMemory, parse_size, plan_resources
+from pipeline.memory_model import ChunkCost
 from pipeline.options import PredictOptions
 from tiling import OptionError, TileGrid
 
@@ -36,7 +38,8 @@ def test_bad_size_is_refused() -> None:
 
 def plan(height: int, width: int, limit_mib: int, **kw: object):
     grid = TileGrid(height, width, 256, 64)
-    return plan_resources(grid, ChunkCost(3, 1, 1), 100 * MIB, limit_mib * MIB, baseline=300 * MIB, **kw)
+    model = ModelMemory(100 * MIB, 0)
+    return plan_resources(grid, ChunkCost(3, 1, 1), model, memory_limit=limit_mib * MIB, baseline=300 * MIB, **kw)
 
 
 def test_a_generous_budget_gets_the_default_chunk_and_every_core() -> None:
@@ -46,7 +49,7 @@ def test_a_generous_budget_gets_the_default_chunk_and_every_core() -> None:
 
 
 def test_a_tight_budget_gets_smaller_chunks_within_the_limit() -> None:
-    p = plan(20_000, 20_000, 900, workers=2)
+    p = plan(20_000, 20_000, 650, workers=2)
     assert p.chunk < 2048
     assert p.estimated_peak <= p.memory_limit
 
@@ -67,14 +70,19 @@ def test_a_model_bound_run_gets_enough_chunks_to_share_among_workers() -> None:
     assert (balanced.chunk, large.chunk) == (1792, 2048)
 
 
-def test_chunks_are_balanced_for_worker_processes_not_for_threads_sharing_a_forward_pool() -> None:
+def test_a_pipeline_bound_run_gets_the_largest_chunk_and_worker_processes_four_chunks_each() -> None:
     from pipeline.model import UNetConfig
     from pipeline.run_plan import plan_memory
 
-    grid, opts = TileGrid(4096, 4096, 256, 20), PredictOptions(memory_limit="16GB", workers=2)
-    threads = plan_memory(grid, UNetConfig(3, 1), 3, "uint8", "cpu", opts, None)
+    # A 1×1-conv-sized model: the pipeline's work sets the run's speed, so threads get the largest chunk.
+    model, grid = UNetConfig(3, 1, base_width=1, depth=1), TileGrid(4096, 4096, 256, 20)
+    opts = PredictOptions(memory_limit="16GB", workers=2)
+    threads = plan_memory(grid, model, 3, "uint8", "cpu", opts, None)
+    assert threads.chunk == 2048
+    # A model-bound run on worker processes: every worker gets 4 chunks.
     processes = plan_memory(grid, UNetConfig(3, 1), 3, "uint8", "cpu", opts, None, distributed=True)
-    assert (threads.chunk, processes.chunk) == (2048, 1792)
+    assert processes.estimate.chunks_in_flight == 2
+    assert math.ceil(4096 / processes.chunk) ** 2 >= 4 * 2
 
 
 def test_multiply_adds_per_pixel_count_every_conv_at_its_resolution() -> None:

@@ -111,9 +111,10 @@ def test_the_card_records_the_padding_and_old_cards_load_as_same(tmp_path) -> No
 
 
 def test_a_valid_models_chunk_reads_its_context_and_plans_for_it() -> None:
-    from pipeline.budget import ChunkCost
+    from pipeline.memory_model import ChunkCost
 
     same, valid = ChunkCost(3, 2, 1), ChunkCost(3, 2, 1, context=ValidGeometry(4).input_for_output(256) - 256)
     assert valid.context == 188
-    input_bytes = ((1024 + 256 + 188) ** 2 - (1024 + 256) ** 2) * (3 * (1 + 4) + 1)
-    assert valid.per_chunk(1024, 256) - same.per_chunk(1024, 256) == input_bytes
+    input_bytes = ((1024 + 256 + 188) ** 2 - (1024 + 256) ** 2) * (3 * 1 + 1 + 2)
+    extent, chunk = (1280, 1280), (1024, 1024)
+    assert valid.per_chunk(extent, chunk) - same.per_chunk(extent, chunk) == input_bytes

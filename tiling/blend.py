@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import math
+import mmap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .plan import Span
+
+#: Arrays from this size on get their own mapping (``zeros_outside_heap``).
+OWN_MAPPING_BYTES = 4 * 2**20
+
+
+def zeros_outside_heap(shape: tuple[int, ...]) -> np.ndarray:
+    """A zeroed float32 array in its own anonymous memory mapping, handed back to the OS when it is freed.
+
+    A chunk's sums are the largest arrays of a run and live for a chunk's whole life. Taken from the C
+    allocator's heaps, which a run keeps large so forward passes reuse their memory, they left holes that the
+    next chunks and forward passes did not fit, and the heaps grew with the number of chunks (5-class U-Net,
+    512² tiles, 1536-px chunks: peak RSS 1271 MiB over 9 chunks, 1562 MiB over 36). A mapping of its own
+    comes zeroed from the OS and leaves nothing behind.
+    """
+    nbytes = 4 * math.prod(shape)
+    if nbytes < OWN_MAPPING_BYTES:
+        return np.zeros(shape, np.float32)
+    return np.frombuffer(mmap.mmap(-1, nbytes), np.float32).reshape(shape)
 
 
 @dataclass
@@ -39,7 +59,7 @@ class Accumulator:
         self.rows, self.cols = rows, cols
         self.profile = profile
         self.weight = np.outer(profile, profile)
-        self.num = np.zeros((classes, rows.size, cols.size), dtype=np.float32)
+        self.num = zeros_outside_heap((classes, rows.size, cols.size))
         self._origins: list[tuple[int, int]] = []  # extent-local, in the order the tiles were added
         self._den: np.ndarray | None = None
 
@@ -91,8 +111,8 @@ def tile_weight_sum(origins: Sequence[tuple[int, int]], profile: np.ndarray, sha
             along_rows[y : y + tile] += profile
         for x in xs:
             along_cols[x : x + tile] += profile
-        return np.outer(along_rows, along_cols)
-    den = np.zeros(shape, np.float32)
+        return np.outer(along_rows, along_cols, out=zeros_outside_heap(shape))
+    den = zeros_outside_heap(shape)
     weight = np.outer(profile, profile)
     for y, x in origins:
         den[y : y + tile, x : x + tile] += weight
