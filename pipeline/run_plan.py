@@ -95,15 +95,18 @@ class RunPlan:
             "min_valid_fraction": job.min_valid_fraction,
             "tta": job.model.tta,
             "precision": job.model.precision,
+            "backend": job.model.backend,
             "chunk": self.chunks.chunk[0],
         }
         if self.output is not None:
             spec = self.output.format.spec
+            instances = self.output.content.instances
             record.update(
                 output_kind=spec.kind,
                 probs_dtype=spec.probs_dtype,
                 threshold=spec.threshold,
                 format=self.output.format.name,
+                instances=None if instances is None else instances.to_mapping(),
             )
         return record
 

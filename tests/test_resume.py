@@ -35,7 +35,7 @@ def scene(tmp_path: Path) -> Path:
     return write_geotiff(tmp_path / "scene.tif", random_image((3, 300, 340), seed=21))
 
 
-def _interrupt(scene: Path, out: Path, checkpoint, after_batches: int) -> None:
+def _interrupt(scene: Path, out: Path, checkpoint, after_batches: int, **options) -> None:
     """Run until the model has seen ``after_batches`` batches, then interrupt as Ctrl-C would."""
     calls = {"n": 0}
 
@@ -47,7 +47,7 @@ def _interrupt(scene: Path, out: Path, checkpoint, after_batches: int) -> None:
     handle = checkpoint.model.register_forward_hook(stop)
     try:
         with pytest.raises(KeyboardInterrupt):
-            predict(scene, out, checkpoint, batch_size=1, workers=1, **OPTIONS)
+            predict(scene, out, checkpoint, batch_size=1, workers=1, **{**OPTIONS, **options})
     finally:
         handle.remove()
 
@@ -76,12 +76,24 @@ def test_resume_refuses_changed_settings_and_input(scene: Path, tmp_path: Path) 
     _interrupt(scene, out, checkpoint, after_batches=10)
     with pytest.raises(OptionError, match=r"cannot resume.*overlap"):
         predict(scene, out, checkpoint, resume=True, **{**OPTIONS, "overlap": 8})
+    with pytest.raises(OptionError, match=r"cannot resume.*backend"):  # another engine computes other sums
+        predict(scene, out, checkpoint, resume=True, **OPTIONS, backend="auto")
     write_geotiff(scene, random_image((3, 300, 340), seed=22))  # the input changes
     with pytest.raises(OptionError, match=r"cannot resume.*input"):
         predict(scene, out, checkpoint, resume=True, **OPTIONS)
     # Without --resume the stale work store is simply replaced.
     report = predict(scene, out, checkpoint, **OPTIONS)
     assert not report.resumed and report.chunks_computed == report.chunks
+
+
+def test_resume_refuses_another_smallest_object(scene: Path, tmp_path: Path) -> None:
+    checkpoint = load_checkpoint(make_checkpoint(tmp_path / "m.safetensors", tile=64))
+    out = tmp_path / "objects.zarr"
+    _interrupt(scene, out, checkpoint, after_batches=10, output_kind="instances")
+    with pytest.raises(OptionError, match=r"cannot resume.*instances"):  # the objects would be numbered otherwise
+        predict(scene, out, checkpoint, resume=True, **{**OPTIONS, "output_kind": "instances"}, min_object_area=9)
+    report = predict(scene, out, checkpoint, resume=True, **{**OPTIONS, "output_kind": "instances"})
+    assert report.resumed and report.objects is not None
 
 
 def test_cli_killed_with_sigkill_then_resumed(tmp_path: Path) -> None:
