@@ -59,6 +59,13 @@ def test_a_chunk_keeps_full_speed_when_its_halo_and_overhead_are_small_against_i
     assert not ChunkSpeed(model_ns=1300.0, max_batch=64).full_speed(ChunkShape.of(grid, 1536))
 
 
+@pytest.fixture(autouse=True)
+def _process_before_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process's own memory is a term of the estimate, measured when a run is planned: fix it here, so the
+    plans below do not depend on what the tests before them left in this process."""
+    monkeypatch.setattr("pipeline.budget.process_memory", lambda: 300 * MIB)
+
+
 def target_plan(size: int, memory_limit: str | None = None):
     """The issue's case: RGB uint8, 512² tiles (overlap 128), a 5-class width-16 depth-4 U-Net on 2 CPU
     threads, COG labels, 300 MiB of process before the run."""

@@ -53,6 +53,11 @@ class OutputContent:
         then numbered."""
         return ("objects", "ids") if self.instances is not None else ()
 
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """Per-chunk tables the work store keeps: the seeds' pieces (as each chunk is written) and the objects."""
+        return ("pieces", "objects") if self.instances is not None else ()
+
     def attributes(self) -> dict[str, Any]:
         """What a Zarr output says of itself in its attributes."""
         info = self.info

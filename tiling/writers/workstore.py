@@ -117,7 +117,8 @@ class WorkStore:
             work = group.require_group(WORK)
             for stage in content.later_passes:
                 work.create_array(f"{DONE}_{stage}", shape=chunk_grid, chunks=(1, 1), dtype="uint8", fill_value=0)
-                work.require_group(stage)
+            for table in content.tables:  # made here: chunk tasks on several threads add their tables to them
+                work.require_group(table)
         except OSError as exc:
             raise write_failure(location.url, exc) from None
         store = cls(location, (*content.layers, *content.work_layers), paths)
@@ -181,9 +182,9 @@ class WorkStore:
         payload = io.BytesIO()
         np.savez(payload, **{column: np.asarray(data) for column, data in columns.items()})
         data = np.frombuffer(payload.getvalue(), dtype=np.uint8)
-        self.group.require_group(f"{WORK}/{name}").create_array(
-            f"{index[0]}_{index[1]}", data=data, chunks=data.shape, overwrite=True
-        )
+        tables = self.group[f"{WORK}/{name}"]
+        assert isinstance(tables, zarr.Group)
+        tables.create_array(f"{index[0]}_{index[1]}", data=data, chunks=data.shape, overwrite=True)
 
     def get_table(self, name: str, index: tuple[int, int]) -> dict[str, np.ndarray]:
         payload = np.asarray(self.group[f"{WORK}/{name}/{index[0]}_{index[1]}"][:])
