@@ -6,6 +6,8 @@ at the output URL, and what only the run needs — the root metadata (the run re
 attributes), the done flags and the ``_work`` group — at the work store's URL (``OUTPUT.partial``). The chunks
 thus cross the network once, written where they stay, and the output's root ``zarr.json``, which makes it an
 image, is copied into place last (``StoreLocation.commit_output``): a reader never finds a half-made image.
+The price: an ``--overwrite`` run clears the old output when it starts (its new chunks land where the old ones
+are), where a local run replaces it only when done.
 """
 
 from __future__ import annotations
