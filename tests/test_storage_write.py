@@ -201,7 +201,8 @@ def test_a_zarr_output_is_written_in_place_root_metadata_last(
     local_in, url_in = scene
     bucket = s3.new_bucket()
     out = f"s3://{bucket}/{name}"
-    local = predict(local_in, tmp_path / name, checkpoint, **OPTIONS).outputs[0]
+    want_preview = tmp_path / "want.png"
+    local = predict(local_in, tmp_path / name, checkpoint, preview=str(want_preview), **OPTIONS).outputs[0]
 
     def no_download(self, local):
         raise AssertionError("an in-place output is never downloaded")
@@ -220,8 +221,10 @@ def test_a_zarr_output_is_written_in_place_root_metadata_last(
     with pytest.raises(Exception):  # noqa: B017 - zarr's error for a group without metadata
         zarr.open_group(out, mode="r")
     monkeypatch.setattr(zarr_store, "verify_zarr", verify_zarr)
-    report = predict(url_in, out, checkpoint, resume=True, **OPTIONS)
+    preview = tmp_path / "got.png"  # made from the label map at the output URL
+    report = predict(url_in, out, checkpoint, resume=True, preview=str(preview), **OPTIONS)
     assert report.resumed and report.chunks_computed == 0
+    assert preview.read_bytes() == want_preview.read_bytes()
     assert f"{name}/zarr.json" in s3.keys(bucket, f"{name}/")
     assert not s3.keys(bucket, f"{name}.partial/")
     np.testing.assert_array_equal(_read_all(out), _read_all(local))
