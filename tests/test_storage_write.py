@@ -234,3 +234,25 @@ def test_a_zarr_output_is_written_in_place_root_metadata_last(
         k: v for k, v in want.attrs.items() if k != run_record
     }
     assert sorted(got.keys()) == sorted(want.keys())
+
+
+def test_a_zarr_output_with_a_local_work_store_is_uploaded_root_metadata_last(
+    s3,  # noqa: F811
+    scene,
+    tmp_path: Path,
+    checkpoint: Path,
+) -> None:
+    """A work store on another filesystem than the output's (--work-dir local) cannot share its group: the
+    finished store is copied to scratch and uploaded instead, with the same result."""
+    local_in, url_in = scene
+    bucket = s3.new_bucket()
+    work = tmp_path / "work"
+    work.mkdir()
+    local = predict(local_in, tmp_path / "out.zarr", checkpoint, **OPTIONS).outputs[0]
+    out = f"s3://{bucket}/out.zarr"
+    predict(url_in, out, checkpoint, work_dir=str(work), scratch_dir=str(tmp_path), **OPTIONS)
+    for array in ("labels", "probs"):
+        np.testing.assert_array_equal(
+            zarr.open_group(out, mode="r")[array][:], zarr.open_group(local, mode="r")[array][:]
+        )
+    assert "out.zarr/zarr.json" in s3.keys(bucket) and list(work.iterdir()) == []
