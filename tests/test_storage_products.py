@@ -66,17 +66,23 @@ def test_predict_from_an_http_url_equals_a_local_run(http_folder, tmp_path: Path
 
 
 def test_the_object_table_is_written_to_a_url(s3, tmp_path: Path) -> None:  # noqa: F811
+    """With the instance map written in place to an S3 Zarr store (its work tables beside it until the end)."""
+    import zarr
+
     scene = tmp_path / "scene.tif"
     write_scene(scene, None, 200, 230, seed=4, nodata_corner=True)
     options = {"output_kind": "instances", "chunk": 128}
-    local = predict(scene, tmp_path / "out.tif", DEMO_MODEL, objects=str(tmp_path / "t.csv"), **options)
+    local = predict(scene, tmp_path / "out.zarr", DEMO_MODEL, objects=str(tmp_path / "t.csv"), **options)
     bucket = s3.new_bucket()
-    remote = predict(scene, tmp_path / "out2.tif", DEMO_MODEL, objects=f"s3://{bucket}/tables/t.csv", **options)
+    out, table = f"s3://{bucket}/out.zarr", f"s3://{bucket}/tables/t.csv"
+    remote = predict(scene, out, DEMO_MODEL, objects=table, **options)
     assert sum(local.objects.values()) > 0 and remote.objects == local.objects
-    assert f"s3://{bucket}/tables/t.csv" in [str(p) for p in remote.outputs]
+    assert [str(p) for p in remote.outputs] == [out, table]
     fs, _ = StoragePath(f"s3://{bucket}").filesystem()
     assert fs.cat_file(f"{bucket}/tables/t.csv") == (tmp_path / "t.csv").read_bytes()
-    assert s3.keys(bucket) == ["tables/t.csv"]
+    want = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["instances"][:]
+    np.testing.assert_array_equal(zarr.open_group(out, mode="r")["instances"][:], want)
+    assert not [k for k in s3.keys(bucket) if ".partial" in k or "_work" in k]
 
 
 @pytest.mark.parametrize("name", ["out.tif", "out.ome.zarr"])
