@@ -26,16 +26,18 @@ def _labels(path: str | Path) -> np.ndarray:
         reader.close()
 
 
-def test_a_local_cluster_with_everything_in_s3(s3, tmp_path: Path, checkpoint: Path) -> None:  # noqa: F811
+@pytest.mark.parametrize("name", ["labels.tif", "labels.ome.zarr"])
+def test_a_local_cluster_with_everything_in_s3(s3, tmp_path: Path, checkpoint: Path, name: str) -> None:  # noqa: F811
+    """For a Zarr output the workers write their chunks straight to the output URL (written in place)."""
     scene = write_geotiff(tmp_path / "scene.tif", random_image((3, 200, 230), seed=12))
     bucket = s3.new_bucket()
     url_in = s3.upload(scene, f"s3://{bucket}/in/scene.tif")
     model = s3.upload(checkpoint, f"s3://{bucket}/models/tiny.safetensors")
     options = {"chunk": 96, "output_kind": "labels"}
-    reference = predict(scene, tmp_path / "threads.tif", checkpoint, **options)
-    out = f"s3://{bucket}/out/labels.tif"
+    reference = predict(scene, tmp_path / name, checkpoint, **options)
+    out = f"s3://{bucket}/out/{name}"
     work = f"s3://{bucket}/work"
     report = predict(url_in, out, model, cluster="local:2", work_dir=work, **options)
     assert report.outputs == [out] and report.chunks_computed == reference.chunks_computed
-    np.testing.assert_array_equal(_labels(out), _labels(tmp_path / "threads.tif"))
+    np.testing.assert_array_equal(_labels(out), _labels(tmp_path / name))
     assert s3.keys(bucket, "work/") == []  # the work store is gone once the output is uploaded

@@ -149,3 +149,16 @@ def test_predict_from_s3_equals_local(s3, tmp_path: Path, checkpoint: Path) -> N
     predict(url, tmp_path / "remote.tif", checkpoint, chunk=64)
     with rasterio.open(tmp_path / "local.tif") as a, rasterio.open(tmp_path / "remote.tif") as b:
         np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_the_tile_cache_serves_reads_inside_kept_ranges_and_drops_the_oldest() -> None:
+    from tiling.storage.read_cache import TileCache
+
+    cache = TileCache(budget=100)
+    cache.put("a", 10, bytes(range(40)))  # bytes 10..50 of file a
+    assert cache.get("a", 20, 30) == bytes(range(10, 20))
+    assert cache.get("a", 5, 30) is None and cache.get("a", 40, 60) is None and cache.get("b", 20, 30) is None
+    cache.put("b", 0, bytes(50))
+    cache.put("a", 100, bytes(30))  # 120 bytes held: the least recently used range (a@10) goes
+    assert cache.get("a", 20, 30) is None and cache.held == 80
+    assert cache.get("b", 0, 50) == bytes(50) and cache.get("a", 100, 130) == bytes(30)

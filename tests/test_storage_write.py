@@ -1,5 +1,5 @@
 """Writing to object storage: an s3:// output assembled in local scratch and uploaded (COG, OME-TIFF) or
-uploaded with its root metadata last (Zarr, OME-Zarr), equal to the same run on local files; the work store next
+written in place with its root metadata last (Zarr, OME-Zarr), equal to the same run on local files; the work store next
 to an s3:// output, and --resume against it; "already exists" and --overwrite as for local files."""
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def test_killed_with_sigkill_then_resumed_from_the_s3_work_store(s3, tmp_path: P
     assert process.poll() is None, "the run finished before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert not [k for k in s3.keys(bucket) if k.startswith("out.zarr/")]
+    assert "out.zarr/zarr.json" not in s3.keys(bucket, "out.zarr/")  # written in place, but not whole
     done = len(s3.keys(bucket, "out.zarr.partial/done/c/"))
     resumed = subprocess.run([*cli, out, *args, "--resume"], capture_output=True, text=True, check=False)
     assert resumed.returncode == 0, resumed.stderr
@@ -181,3 +181,78 @@ def test_killed_with_sigkill_then_resumed_from_the_s3_work_store(s3, tmp_path: P
     expected = zarr.open_group(str(reference), mode="r")["probs"][:]
     np.testing.assert_allclose(zarr.open_group(out, mode="r")["probs"][:], expected, atol=1e-5, rtol=0)
     assert not s3.keys(bucket, "out.zarr.partial/")
+
+
+@pytest.mark.parametrize("name", ["out.zarr", "out.ome.zarr"])
+def test_a_zarr_output_is_written_in_place_root_metadata_last(
+    s3,  # noqa: F811
+    scene,
+    tmp_path: Path,
+    checkpoint: Path,
+    monkeypatch,
+    name: str,
+) -> None:
+    """The chunks go straight to the output URL (never through scratch); a run that fails while assembling
+    leaves them there without the root metadata, so no reader takes them for an image; --resume finishes it."""
+    from tiling.errors import write_failure
+    from tiling.writers import location, zarr_store
+    from tiling.writers.verify import verify_zarr
+
+    local_in, url_in = scene
+    bucket = s3.new_bucket()
+    out = f"s3://{bucket}/{name}"
+    want_preview = tmp_path / "want.png"
+    local = predict(local_in, tmp_path / name, checkpoint, preview=str(want_preview), **OPTIONS).outputs[0]
+
+    def no_download(self, local):
+        raise AssertionError("an in-place output is never downloaded")
+
+    def failing_check(path, group, arrays):
+        raise write_failure(str(path), OSError(5, "the store went away"))
+
+    monkeypatch.setattr(location.StoreLocation, "download", no_download)
+    monkeypatch.setattr(zarr_store, "verify_zarr", failing_check)
+    with pytest.raises(TilewiseError):
+        predict(url_in, out, checkpoint, scratch_dir=str(tmp_path), **OPTIONS)
+    written = s3.keys(bucket, f"{name}/")
+    assert [k for k in written if "/c/" in k], "no chunk at the output URL"
+    assert f"{name}/zarr.json" not in written
+    assert f"{name}.partial/zarr.json" in s3.keys(bucket, f"{name}.partial/")
+    with pytest.raises(Exception):  # noqa: B017 - zarr's error for a group without metadata
+        zarr.open_group(out, mode="r")
+    monkeypatch.setattr(zarr_store, "verify_zarr", verify_zarr)
+    preview = tmp_path / "got.png"  # made from the label map at the output URL
+    report = predict(url_in, out, checkpoint, resume=True, preview=str(preview), **OPTIONS)
+    assert report.resumed and report.chunks_computed == 0
+    assert preview.read_bytes() == want_preview.read_bytes()
+    assert f"{name}/zarr.json" in s3.keys(bucket, f"{name}/")
+    assert not s3.keys(bucket, f"{name}.partial/")
+    np.testing.assert_array_equal(_read_all(out), _read_all(local))
+    want, got = zarr.open_group(str(local), mode="r"), zarr.open_group(out, mode="r")
+    run_record = "tilewise_run_sha256"  # the run's input differs (a URL, a path)
+    assert {k: v for k, v in got.attrs.items() if k != run_record} == {
+        k: v for k, v in want.attrs.items() if k != run_record
+    }
+    assert sorted(got.keys()) == sorted(want.keys())
+
+
+def test_a_zarr_output_with_a_local_work_store_is_uploaded_root_metadata_last(
+    s3,  # noqa: F811
+    scene,
+    tmp_path: Path,
+    checkpoint: Path,
+) -> None:
+    """A work store on another filesystem than the output's (--work-dir local) cannot share its group: the
+    finished store is copied to scratch and uploaded instead, with the same result."""
+    local_in, url_in = scene
+    bucket = s3.new_bucket()
+    work = tmp_path / "work"
+    work.mkdir()
+    local = predict(local_in, tmp_path / "out.zarr", checkpoint, **OPTIONS).outputs[0]
+    out = f"s3://{bucket}/out.zarr"
+    predict(url_in, out, checkpoint, work_dir=str(work), scratch_dir=str(tmp_path), **OPTIONS)
+    for array in ("labels", "probs"):
+        np.testing.assert_array_equal(
+            zarr.open_group(out, mode="r")[array][:], zarr.open_group(local, mode="r")[array][:]
+        )
+    assert "out.zarr/zarr.json" in s3.keys(bucket) and list(work.iterdir()) == []

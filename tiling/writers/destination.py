@@ -4,8 +4,11 @@ GDAL cannot write a GeoTIFF/COG straight to object storage, and a half-uploaded 
 So an output at a URL is assembled in a local scratch folder (``--scratch-dir``, by default the system's
 temporary folder; its free space is checked against the plan like any output folder) and uploaded when it is
 complete: a file in one request (a multipart upload for a large one), which makes the object appear only once
-it is whole; a Zarr store chunk by chunk with its root metadata last, so that a reader finds no image before
-every chunk is there. The scratch copy is removed after the upload (and after the products made from it).
+it is whole. The scratch copy is removed after the upload (and after the products made from it). A Zarr output
+is written in place instead when its work store is on the same object store (by default it is, next to the
+output): chunk by chunk at the URL, its root metadata last (``in_place_at``). Only a Zarr store whose work store
+is elsewhere is assembled in scratch, then uploaded with its root metadata last. Either way a reader finds no
+image before every chunk is there, and a Zarr output "exists" when its root metadata does.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 from ..errors import OptionError, OutputError, option
 from ..storage import StoragePath, storage_error
 from .formats import OutputFormat
+from .location import StoreLocation
+from .zarr_store import ZarrStoreFormat
 
 #: A Zarr store's root metadata (v3, and v2's), uploaded last.
 ROOT_METADATA = ("zarr.json", ".zgroup", ".zattrs", ".zmetadata")
@@ -62,6 +67,16 @@ class Destination:
             return local
         return self.target.sibling(local.name).text if local.parent == self.scratch else str(local)
 
+    def in_place_at(self, fmt: OutputFormat, work: StoreLocation) -> StoreLocation:
+        """The work store of ``fmt`` at this destination: for a Zarr output on object storage, one that writes
+        the output's arrays in place at its URL (when ``work`` is on the same store); else ``work`` itself."""
+        if self.scratch is None or not isinstance(fmt, ZarrStoreFormat) or not fmt.in_place_capable:
+            return work
+        located = work.writing_output_at(self.target.url)
+        if located.output is not None:
+            fmt.write_in_place(self.target.url)
+        return located
+
     def check(self, fmt: OutputFormat, overwrite: bool) -> None:
         """Refuse an existing output (unless ``overwrite``) and an unusable folder or bucket, before any work."""
         if self.scratch is None:
@@ -79,7 +94,9 @@ class Destination:
             raise OutputError(f"output bucket {bucket} does not exist")
         for name in names:
             target = self.target.sibling(name)
-            if target.exists() and not overwrite:
+            # A Zarr store is there (whole) once its root metadata is.
+            probe = target.child(ROOT_METADATA[0]) if name.endswith(".zarr") else target
+            if probe.exists() and not overwrite:
                 raise OutputError(f"output {target} already exists (pass {option('overwrite')} to replace it)")
 
     def publish(self, paths: list[Path], overwrite: bool = True) -> None:

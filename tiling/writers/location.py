@@ -1,7 +1,8 @@
 """Where a run's work store lives: a local path (by default next to the output) or an fsspec URL.
 
 Workers of a cluster write into the store themselves, so it must be somewhere they all reach: a shared
-filesystem path, or an object store URL (``s3://…``, ``gs://…``, ``file://…``) through fsspec.
+filesystem path, or an object store URL (``s3://…``, ``gs://…``, ``file://…``) through fsspec. The store of a
+Zarr output on object storage keeps the output's arrays at the output URL itself (``output``; see ``in_place``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import zarr
 from ..errors import OptionError
 from ..storage import StoragePath, filesystem, storage_error
 from .atomic import partial_path
+from .in_place import ROOT_METADATA, InPlaceStore
 
 #: Attempts at removing a local store that files are still landing in, and the pause between them.
 REMOVE_ATTEMPTS, REMOVE_PAUSE = 20, 0.05
@@ -45,6 +47,9 @@ class StoreLocation:
     """A local path or an fsspec URL of a Zarr group."""
 
     url: str
+    #: The URL of a Zarr output written in place: the group's arrays are there, only its root metadata, done
+    #: flags and work arrays at ``url`` until ``commit_output``.
+    output: str | None = None
 
     @classmethod
     def for_output(cls, output: Path | StoragePath, work_dir: str | None) -> StoreLocation:
@@ -59,6 +64,13 @@ class StoreLocation:
         if not folder.is_dir():
             raise OptionError(f"work folder {folder} does not exist")
         return cls(str(folder / name))
+
+    def writing_output_at(self, url: str) -> StoreLocation:
+        """This store keeping the arrays of the output at ``url`` there (a Zarr output written in place), when
+        both are on the same object store; else this store as it is (the output is then assembled and uploaded)."""
+        if self.is_local or StoragePath(self.url).scheme != StoragePath(url).scheme:
+            return self
+        return StoreLocation(self.url, output=url)
 
     @property
     def is_local(self) -> bool:
@@ -84,6 +96,8 @@ class StoreLocation:
         return {"auto_mkdir": True} if self.url.startswith("file://") else {}
 
     def open_group(self, mode: str, **kwargs: Any) -> zarr.Group:
+        if self.output is not None:
+            return zarr.open_group(InPlaceStore.at(self.output, self.url, read_only=mode == "r"), mode=mode, **kwargs)
         if self.is_local:
             return zarr.open_group(self.url, mode=mode, **kwargs)
         return zarr.open_group(self.url, mode=mode, storage_options=self.storage_options, **kwargs)
@@ -98,6 +112,7 @@ class StoreLocation:
             raise storage_error(exc, f"the work store {self.url}") from None
 
     def remove(self) -> None:
+        """Remove the store; of an output written in place, the arrays too unless the output was committed."""
         if self.is_local:
             _remove_local(Path(self.url))
             return
@@ -105,8 +120,24 @@ class StoreLocation:
         try:
             if fs.exists(path):
                 fs.rm(path, recursive=True)
+            if self.output is not None:
+                output = filesystem(self.output)[1]
+                if not fs.exists(f"{output}/{ROOT_METADATA}") and fs.exists(output):
+                    fs.rm(output, recursive=True)
         except Exception as exc:
             raise storage_error(exc, f"the work store {self.url}") from None
+
+    def commit_output(self) -> None:
+        """Make an output written in place whole: its root metadata copied there (last), the rest removed."""
+        assert self.output is not None
+        fs, path = self._fs()
+        output = filesystem(self.output)[1]
+        try:
+            fs.copy(f"{path}/{ROOT_METADATA}", f"{output}/{ROOT_METADATA}")
+            fs.rm(path, recursive=True)
+            fs.invalidate_cache(output)
+        except Exception as exc:
+            raise storage_error(exc, f"committing {self.output}") from None
 
     def download(self, local: Path) -> None:
         """Copy the store to the local folder ``local`` (which must not exist)."""

@@ -98,6 +98,7 @@ class NgffLabelsFormat(ZarrStoreFormat):
 
     name = "ngff-labels"
     levels_in_store = True
+    in_place_capable = False
 
     def __init__(self, path: Path, spec: Any) -> None:
         super().__init__(path, spec)

@@ -118,11 +118,11 @@ class OmeZarrFormat(ZarrStoreFormat):
     def array_paths(self, layers: tuple[Layer, ...]) -> dict[str, str]:
         return array_paths(layers)
 
-    def layer_raster(self, name: str) -> Path | None:
+    def layer_raster(self, name: str) -> Path | str | None:
         if name not in self.spec.layers:
             return None
         image = "probs" if self.spec.writes_probs else self.spec.layers[0]
-        return self.path / ("0" if name == image else f"labels/{LABEL_IMAGES[name]}/0")
+        return self.located(self.path / ("0" if name == image else f"labels/{LABEL_IMAGES[name]}/0"))
 
     def complete(self, store: WorkStore, content: OutputContent) -> None:
         root = store.group

@@ -105,7 +105,8 @@ class RunOutput:
             if self.destination.scratch is not None:
                 self.destination.scratch.mkdir(parents=True, exist_ok=True)
             self.format.assemble(store, self.content)
-            self.destination.publish(self.format.paths())
+            if self.work.output is None:  # else the output was written in place
+                self.destination.publish(self.format.paths())
             self.work.remove()
         except BaseException as exc:
             error = self._explained(exc, chunk[0])

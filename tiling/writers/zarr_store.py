@@ -3,7 +3,8 @@
 Assembling one completes the store (pyramid levels, NGFF metadata), seals it (done flags dropped, descriptive
 attributes set), checks it, and moves it to the output path: a rename next to it, a copy where the work store
 is on another filesystem (``--work-dir``), a download where it is remote. A reader never sees a half-made
-output at that path.
+output at that path. An output on object storage whose work store is there too is written in place instead
+(``write_in_place``, module ``in_place``): its arrays at the URL from the start, its root metadata last.
 """
 
 from __future__ import annotations
@@ -27,6 +28,22 @@ class ZarrStoreFormat(OutputFormat):
 
     #: Whether the store gets pyramid levels beside level 0 (and needs room for them).
     levels_in_store = False
+    #: Whether an output of the format on object storage can be written in place (``write_in_place``).
+    in_place_capable = True
+    #: The URL the output is written at in place, when it is (its ``path`` is then unused).
+    url: str | None = None
+
+    def write_in_place(self, url: str) -> None:
+        self.url = url
+
+    def layer_raster(self, name: str) -> Path | str | None:
+        return self.located(super().layer_raster(name))
+
+    def located(self, path: Path | str | None) -> Path | str | None:
+        """``path`` inside the output, or its URL when the output is written in place."""
+        if self.url is None or path is None:
+            return path
+        return f"{self.url.rstrip('/')}/{Path(path).relative_to(self.path).as_posix()}"
 
     def complete(self, store: WorkStore, content: OutputContent) -> None:
         """Add what the format needs beyond level 0 (pyramid levels, metadata) to the store."""
@@ -57,6 +74,9 @@ class ZarrStoreFormat(OutputFormat):
 
     def _move_into_place(self, store: WorkStore) -> None:
         location = store.location
+        if location.output is not None:
+            location.commit_output()
+            return
         with os_write_errors(self.path):
             if location.is_local:
                 try:
@@ -77,6 +97,8 @@ class ZarrStoreFormat(OutputFormat):
         remove_path(self.copy_path)
 
     def disk_needs(self, content: OutputContent, chunk: int, store_folder: Path | None) -> list[DiskNeed]:
+        if self.url is not None:  # written in place on object storage: nothing on local disk
+            return []
         store = store_disk_need(content, chunk, store_folder or self.path.parent, self.levels_in_store)
         copy = DiskNeed(self.path.parent, store.upper, store.lower, f"the {self.name} output")
         if store_folder is None:  # a remote work store, downloaded beside the output
