@@ -99,3 +99,21 @@ def test_the_rim_window_floors_the_outer_eighth_and_is_gaussian_inside() -> None
 def test_unknown_window_is_refused() -> None:
     with pytest.raises(OptionError, match="unknown blend window"):
         window_profile("triangle", 8)
+
+
+def test_each_tile_knows_its_place_in_the_grid() -> None:
+    grid = TileGrid(300, 170, 64, 16)
+    tiles = list(grid.tiles())
+    assert len(tiles) == len(grid.row_origins) * len(grid.col_origins)
+    for tile in tiles:
+        assert (grid.row_origins[tile.row], grid.col_origins[tile.col]) == (tile.y, tile.x)
+    assert [(t.row, t.col) for t in tiles[:3]] == [(0, 0), (0, 1), (0, 2)]  # row by row
+
+
+def test_the_tile_window_follows_its_sigma_and_defaults_to_an_eighth() -> None:
+    size = 64
+    np.testing.assert_array_equal(window_2d("gaussian", size), window_2d("gaussian", size, 0.125))
+    narrow, wide = window_2d("gaussian", size, 0.125), window_2d("gaussian", size, 0.25)
+    assert wide[0, size // 2] > narrow[0, size // 2]  # a wider Gaussian weighs the tile's edge more
+    profile = window_profile("gaussian", size, 0.25)
+    np.testing.assert_allclose(wide, np.outer(profile, profile))
