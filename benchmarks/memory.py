@@ -27,18 +27,9 @@ from pathlib import Path
 
 import psutil
 
+from .predict import _scene
+
 MIB = 2**20
-
-
-def _scene(workdir: Path, size: int) -> Path:
-    from sample_data.generate import write_scene
-
-    path = workdir / f"scene_{size}.tif"
-    if not path.exists():
-        partial = path.with_suffix(".partial.tif")
-        write_scene(partial, None, size, size, seed=1)
-        partial.rename(path)
-    return path
 
 
 def _checkpoint(workdir: Path, classes: int, width: int, tile: int) -> Path:

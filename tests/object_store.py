@@ -21,6 +21,20 @@ from tiling.storage import settings as storage_settings
 START_TIMEOUT = 30
 
 
+def wait_for_server(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    """Return once a server ``process`` accepts connections on loopback ``port``; fail if it ends or is slow."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.1)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -60,16 +74,7 @@ def s3_server() -> Iterator[S3Server]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("the moto S3 server did not start") from None
-            time.sleep(0.1)
+    wait_for_server(port, process, "the moto S3 server")
     try:
         yield S3Server(f"http://127.0.0.1:{port}", process)
     finally:

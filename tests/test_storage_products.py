@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from sample_data.generate import write_scene
 from tiling.storage import StoragePath
 
 from .conftest import random_image, write_geotiff
-from .object_store import _free_port, s3, s3_server  # noqa: F401 - fixtures
+from .object_store import _free_port, s3, s3_server, wait_for_server  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ROOT / "sample_data" / "demo_model.safetensors"  # a binary model of buildings: each one an object
@@ -37,16 +35,7 @@ def http_folder(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("the HTTP server did not start") from None
-            time.sleep(0.1)
+    wait_for_server(port, process, "the HTTP server")
     try:
         yield folder, f"http://127.0.0.1:{port}"
     finally:
