@@ -4,7 +4,7 @@
     python -m benchmarks.predict --modes backends     (the same table, from the core-engine benchmark)
 
 Each engine and precision runs in a child process of its own (peak RSS is per process), the children of a round
-in one order and the next round in the reverse order, so the machine's drift (it is shared with other sessions,
+in one order and the next round in the reverse order, so the machine's drift (it is shared with other jobs,
 and its speed moves by 10-20 % within minutes) favours none. A child runs the CLI's ``predict`` once cold (the
 conversion, or the converted model found on disk, and the batch sizer's choice), then alternates two warm
 end-to-end runs with two runs of the model alone on the same tiles, laid out as the run lays them out
