@@ -157,10 +157,10 @@ class Objects:
 
     def ids_of(self, keys: np.ndarray) -> np.ndarray:
         """The ids of objects by their keys; 0 for a key of no object (one dropped as too small)."""
-        order = np.argsort(self.measures.key)
-        position = np.minimum(np.searchsorted(self.measures.key, keys, sorter=order), max(len(order) - 1, 0))
-        if not len(order):
+        if not len(self.measures):
             return np.zeros(keys.shape, np.uint32)
+        order = np.argsort(self.measures.key)
+        position = np.minimum(np.searchsorted(self.measures.key, keys, sorter=order), len(order) - 1)
         found = order[position]
         return np.where(self.measures.key[found] == keys, self.ids[found], 0).astype(np.uint32)
 
