@@ -66,6 +66,8 @@ def test_undecodable_tiles_name_the_compression_and_the_codec(files, capsys, tmp
         (["--preview", "out.jpg"], ["preview must be a file name ending in .png"]),
         (["--vector", "out.gpkg", "--output-kind", "probs"], ["made from the label or instance map"]),
         (["--tissue-channel", "hue"], ["--tissue-channel", "invalid choice: 'hue'", "saturation"]),
+        (["--min-object-area", "-1"], ["min_object_area must be a whole number of pixels ≥ 0"]),
+        (["--objects", "t.csv"], ["add instances to --output-kind"]),
     ],
 )
 def test_bad_slide_options(files, capsys, flags, words) -> None:
