@@ -160,7 +160,7 @@ def plan_run(
         fmt = output_format(destination.assembly_path, spec, opts.format)
         destination.check(fmt, opts.overwrite)  # before any work: an unusable destination fails now
         check_products(opts, destination.assembly_path)
-        work = destination.in_place_at(fmt, StoreLocation.for_output(destination.target, opts.work_dir))
+        work = destination.in_place_at(fmt, StoreLocation.for_output(destination.target, opts.work_dir), opts.resume)
         if opts.resume and chunk is None:
             chunk = _recorded_chunk(work)
 
