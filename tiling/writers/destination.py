@@ -101,7 +101,7 @@ class Destination:
             raise OptionError(f"cannot write to {scheme}:// URLs: give an s3:// (or other object store) URL")
         bucket = StoragePath(f"{scheme}://{rest.split('/', 1)[0]}")
         if not bucket.exists():
-            raise OutputError(f"output bucket {bucket} does not exist")
+            _missing_or_denied(bucket)
         for name in names:
             target = self.target.sibling(name)
             # A Zarr store is there (whole) once its root metadata is.
@@ -142,3 +142,15 @@ def _upload_store(fs: object, local: Path, remote: str) -> None:
             fs.put(  # type: ignore[attr-defined]
                 [str(p) for p in batch], [f"{remote}/{p.relative_to(local).as_posix()}" for p in batch]
             )
+
+
+def _missing_or_denied(bucket: StoragePath) -> None:
+    """Why ``bucket`` was not found: missing, or its probes were refused (s3fs takes any refusal for a missing
+    bucket). A listing tells the two apart; one that succeeds means the bucket is there after all."""
+    fs, path = bucket.filesystem()
+    try:
+        fs.ls(path, detail=False)
+    except FileNotFoundError:
+        raise OutputError(f"output bucket {bucket} does not exist") from None
+    except Exception as exc:
+        raise storage_error(exc, f"output bucket {bucket}") from None
