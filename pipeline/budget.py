@@ -226,6 +226,7 @@ def plan_resources(
     workers: int | None = None,
     baseline: int | None = None,
     balance: bool = True,
+    read_cache: int = 0,
 ) -> ResourcePlan:
     """Pick the chunk size and chunks in flight for a run within ``memory_limit`` (bytes for the whole process).
 
@@ -235,7 +236,7 @@ def plan_resources(
     that does not fit, smaller chunks, then fewer chunks in flight. ``baseline`` is the memory the process
     already holds (defaults to its current resident size). ``balance``: the model's work sets the run's length
     and the workers are separate processes, so chunks are small enough to share it evenly
-    (``balanced_sizes``).
+    (``balanced_sizes``). ``read_cache``: what the process keeps of a remote input's fetched bytes.
     """
     limit = memory_limit if memory_limit is not None else available_memory_fraction(DEFAULT_FRACTION)
     base = process_memory() if baseline is None else baseline
@@ -266,6 +267,7 @@ def plan_resources(
             gdal_cache=gdal_cache_bytes(limit),
             assembly=shape.chunk[0] * shape.chunk[1] * cost.output_bytes,
             free_heap=HEAP_ALLOWANCE,
+            read_cache=read_cache,
         )
 
     def wanted(size: int) -> int:

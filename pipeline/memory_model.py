@@ -10,6 +10,8 @@ A local run holds, all at the same time:
 - the tile overhangs of one row of chunks, waiting for the chunks below them (the only term that grows with
   the raster, with its width);
 - GDAL's block cache (capped for the run);
+- for a remote input, what the process keeps of the bytes it fetched (``tiling.readers.read_cache_bytes``: a
+  slide's tile cache, GDAL's cache of fetched ranges), kept until the process ends;
 - the free memory the C allocator's heaps keep for reuse (``budget.HeapGuard`` trims beyond an allowance).
 
 After the last chunk the heaps are trimmed and the output is assembled from the work store: one chunk's
@@ -132,15 +134,17 @@ class MemoryEstimate:
     assembly: int
     #: Free memory the heaps keep for the next forward passes and chunks (``budget.HeapGuard``'s allowance).
     free_heap: int = 0
+    #: What the process keeps of the bytes fetched from a remote input (``tiling.readers.read_cache_bytes``).
+    read_cache: int = 0
 
     @property
     def running(self) -> int:
         held = self.baseline + self.model + self.forward_threads * self.per_forward + self.gdal_cache
-        return held + self.chunks_in_flight * self.per_chunk + self.overhangs + self.free_heap
+        return held + self.chunks_in_flight * self.per_chunk + self.overhangs + self.free_heap + self.read_cache
 
     @property
     def assembling(self) -> int:
-        return self.baseline + self.model + self.gdal_cache + self.assembly
+        return self.baseline + self.model + self.gdal_cache + self.assembly + self.read_cache
 
     @property
     def peak(self) -> int:
@@ -156,6 +160,7 @@ class MemoryEstimate:
             ("overhangs", 1, self.overhangs),
             ("GDAL cache", 1, self.gdal_cache),
             ("free heap", 1, self.free_heap),
+            *([("read cache", 1, self.read_cache)] if self.read_cache else []),
         ]
 
 

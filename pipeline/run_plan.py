@@ -24,7 +24,7 @@ from tiling.grid import TileGrid, resolve_overlap
 from tiling.masking import CoarseMask, make_mask, mask_scale
 from tiling.normalize import Normalization
 from tiling.plan import ChunkPlan
-from tiling.readers import RasterReader, open_raster
+from tiling.readers import RasterReader, open_raster, read_cache_bytes
 from tiling.storage import StoragePath
 from tiling.writers import (
     Destination,
@@ -160,7 +160,7 @@ def plan_run(
         fmt = output_format(destination.assembly_path, spec, opts.format)
         destination.check(fmt, opts.overwrite)  # before any work: an unusable destination fails now
         check_products(opts, destination.assembly_path)
-        work = destination.in_place_at(fmt, StoreLocation.for_output(destination.target, opts.work_dir))
+        work = destination.in_place_at(fmt, StoreLocation.for_output(destination.target, opts.work_dir), opts.resume)
         if opts.resume and chunk is None:
             chunk = _recorded_chunk(work)
 
@@ -195,6 +195,7 @@ def plan_run(
             chunk,
             distributed,
             None if fmt is None else fmt.spec,
+            read_cache_bytes(reader),
         )
         spec = _model_spec(model, device, opts)
         job = TileJob(
@@ -275,6 +276,7 @@ def plan_memory(
     chunk: int | None,
     distributed: bool = False,
     output: OutputSpec | None = None,
+    read_cache: int = 0,
 ) -> ResourcePlan:
     """Chunk size and chunks in flight for a run of ``model`` over ``grid`` within the memory limit.
 
@@ -282,7 +284,8 @@ def plan_memory(
     (``macs_per_pixel``) sets how small it may be; on a GPU the pipeline's, and chunks stay large. Chunks are
     balanced among workers (``budget.balanced_sizes``) only where the model's work sets the run's length and
     the workers are separate processes: threads of one process share their forward passes through the runner's
-    pool, so a thread left with the last chunk is not left alone with it.
+    pool, so a thread left with the last chunk is not left alone with it. ``read_cache``: what the process keeps
+    of a remote input's fetched bytes (``tiling.readers.read_cache_bytes``).
     """
     max_batch = max_batch_size(device, opts.batch_size)
     input_size = tile_input(model, grid.tile).input_size(grid.tile)  # a valid model's tiles read their context
@@ -306,4 +309,5 @@ def plan_memory(
         chunk=chunk,
         workers=opts.workers,
         balance=distributed and model_bound,
+        read_cache=read_cache,
     )

@@ -48,6 +48,24 @@ def test_the_peak_is_the_larger_of_the_running_and_the_assembling_phase() -> Non
     assert assembling.peak == assembling.assembling == 300 + 10 + 64 + 5000
 
 
+def test_a_remote_inputs_read_cache_is_held_in_both_phases() -> None:
+    """The bytes kept of a remote input (a slide's tile cache) stay until the process ends: a term of the running
+    phase, and of the assembly."""
+    estimate = MemoryEstimate(300, 10, 2, 400, 2, 80, 20, 64, assembly=16, read_cache=128)
+    assert estimate.running == 300 + 10 + 2 * 400 + 2 * 80 + 20 + 64 + 128
+    assert estimate.running == sum(count * size for _, count, size in estimate.terms())
+    assert ("read cache", 1, 128) in estimate.terms()
+    assert "read cache" not in [name for name, _, _ in MemoryEstimate(300, 10, 2, 400, 2, 80, 20, 64, 16).terms()]
+    assembling = MemoryEstimate(300, 10, 1, 1, 1, 1, 1, 64, assembly=5000, read_cache=128)
+    assert assembling.peak == assembling.assembling == 300 + 10 + 64 + 5000 + 128
+    grid = TileGrid(4096, 4096, 512, 128)
+    plain = plan_resources(grid, ChunkCost(3, 5, 1), ModelMemory(MIB, MIB), None, 8 * 2**30, 1024, 2, baseline=0)
+    remote = plan_resources(
+        grid, ChunkCost(3, 5, 1), ModelMemory(MIB, MIB), None, 8 * 2**30, 1024, 2, baseline=0, read_cache=128 * MIB
+    )
+    assert remote.estimated_peak == plain.estimated_peak + 128 * MIB and remote.estimate.read_cache == 128 * MIB
+
+
 def test_a_chunk_keeps_full_speed_when_its_halo_and_overhead_are_small_against_its_work() -> None:
     grid = TileGrid(8192, 8192, 512, 128)
     cpu = ChunkSpeed(model_ns=1300.0, max_batch=2)

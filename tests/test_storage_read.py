@@ -162,3 +162,27 @@ def test_the_tile_cache_serves_reads_inside_kept_ranges_and_drops_the_oldest() -
     cache.put("a", 100, bytes(30))  # 120 bytes held: the least recently used range (a@10) goes
     assert cache.get("a", 20, 30) is None and cache.held == 80
     assert cache.get("b", 0, 50) == bytes(50) and cache.get("a", 100, 130) == bytes(30)
+
+
+def test_the_plan_counts_what_is_kept_of_a_remote_input(s3, tmp_path: Path, checkpoint: Path) -> None:  # noqa: F811
+    """A remote slide's tile cache (no more than the file), GDAL's cache of fetched ranges for a remote GeoTIFF,
+    nothing for a local file: a term of the memory plan, and of ``tilewise info``."""
+    from pipeline.info import describe
+    from pipeline.options import PredictOptions
+    from pipeline.run_plan import plan_run
+    from tiling.readers import GDAL_CURL_CACHE_BYTES
+
+    bucket = s3.new_bucket()
+    slide = write_pyramid(tmp_path / "slide.ome.tif", random_image((3, 256, 192), seed=5))
+    scene = write_geotiff(tmp_path / "scene.tif", random_image((3, 80, 90), seed=1))
+    cases = [
+        (s3.upload(slide, f"s3://{bucket}/slide.ome.tif"), slide.stat().st_size),
+        (s3.upload(scene, f"s3://{bucket}/scene.tif"), GDAL_CURL_CACHE_BYTES),
+        (str(slide), 0),
+        (str(scene), 0),
+    ]
+    for source, kept in cases:
+        with plan_run(source, checkpoint, PredictOptions(chunk=64)) as plan:
+            assert plan.resources.estimate.read_cache == kept, source
+        text = describe(source, str(checkpoint), PredictOptions(chunk=64))
+        assert ("read cache" in text) == bool(kept), text

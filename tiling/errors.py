@@ -67,17 +67,19 @@ class WriteFailure(OutputError):
 
     def __init__(self, path: str | os.PathLike[str], errno_: int | None, detail: str = "", context: str = "") -> None:
         self.path, self.errno, self.detail, self.context = Path(path), errno_, detail, context
+        #: The path as given (``Path`` would turn ``s3://b/k`` into ``s3:/b/k``).
+        self.where = os.fspath(path)
         super().__init__(self._message())
 
     def _message(self) -> str:
         if self.errno == errno.ENOSPC:
-            text = f"no space left on the device writing {self.path}"
+            text = f"no space left on the device writing {self.where}"
         elif self.errno == errno.EFBIG:
-            text = f"file too large: {self.path} reached the file-size limit"
+            text = f"file too large: {self.where} reached the file-size limit"
         elif self.errno == getattr(errno, "EDQUOT", None):
-            text = f"disk quota exceeded writing {self.path}"
+            text = f"disk quota exceeded writing {self.where}"
         else:
-            text = f"cannot write {self.path}"
+            text = f"cannot write {self.where}"
         text += f": {self.detail}" if self.detail else ""
         return f"{text} ({self.context})" if self.context else text
 
@@ -88,10 +90,10 @@ class WriteFailure(OutputError):
 
     def in_context(self, context: str) -> WriteFailure:
         """The same failure with ``context`` (free space, what the run needs) added to its message."""
-        return WriteFailure(self.path, self.errno, self.detail, context)
+        return WriteFailure(self.where, self.errno, self.detail, context)
 
     def __reduce__(self) -> tuple[object, ...]:  # picklable across a cluster (its __init__ takes more than a message)
-        return (WriteFailure, (self.path, self.errno, self.detail, self.context))
+        return (WriteFailure, (self.where, self.errno, self.detail, self.context))
 
 
 def write_failure(path: str | os.PathLike[str], error: OSError) -> WriteFailure:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import InputError, OptionError, TilewiseWarning, option
 from ..storage import StoragePath, StorageSettings
+from ..storage.read_cache import TILE_CACHE_BYTES
 from .base import RasterInfo, RasterReader, round_um
 from .geotiff import GdalReader
 from .resample import ResampledReader
@@ -31,7 +32,12 @@ __all__ = [
     "TiffReader",
     "ZarrReader",
     "open_raster",
+    "read_cache_bytes",
 ]
+
+#: GDAL's cache of the ranges it fetched from network files, when ``CPL_VSIL_CURL_CACHE_SIZE`` does not say
+#: (GDAL's default).
+GDAL_CURL_CACHE_BYTES = 16 * 2**20
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -175,3 +181,18 @@ def _open_slide(
         reader = TiffReader(path, bands, level)
         _declare_pixel_size(reader, input_mpp)
     return reader if factor == (1.0, 1.0) else ResampledReader(reader, factor)
+
+
+def read_cache_bytes(reader: RasterReader) -> int:
+    """Bytes the process keeps of what it fetched while reading ``reader``'s file: for a remote slide, the tile
+    cache (``read_cache.TILE_CACHE_BYTES``, and no more than the file); for a remote raster read by GDAL, GDAL's
+    cache of fetched ranges; nothing for a local file or a Zarr store (zarr keeps no fetched chunk)."""
+    location = StoragePath.of(reader.info.path)
+    if not location.is_remote:
+        return 0
+    base = reader.base if isinstance(reader, ResampledReader) else reader
+    if isinstance(base, TiffReader):
+        return min(TILE_CACHE_BYTES, int(location.info().get("size") or TILE_CACHE_BYTES))
+    if isinstance(base, GdalReader):
+        return int(os.environ.get("CPL_VSIL_CURL_CACHE_SIZE") or GDAL_CURL_CACHE_BYTES)
+    return 0

@@ -9,6 +9,11 @@ is written in place instead when its work store is on the same object store (by 
 output): chunk by chunk at the URL, its root metadata last (``in_place_at``). Only a Zarr store whose work store
 is elsewhere is assembled in scratch, then uploaded with its root metadata last. Either way a reader finds no
 image before every chunk is there, and a Zarr output "exists" when its root metadata does.
+
+An output that is there already (``--overwrite``) stays whole while the run computes, as a local one does: a
+file is replaced by the upload, in one request; a Zarr store is written whole into the work store (*staged*)
+and copied over the old one when done, the old root metadata removed first. A failure while it is copied
+leaves no image at the URL (no root metadata), and the finished work store for ``--resume``.
 """
 
 from __future__ import annotations
@@ -23,11 +28,9 @@ from pathlib import Path
 from ..errors import OptionError, OutputError, option
 from ..storage import StoragePath, storage_error
 from .formats import OutputFormat
-from .location import StoreLocation
+from .in_place import ROOT_METADATA, ROOT_NAMES
+from .location import StoreLocation, remove_remote_store
 from .zarr_store import ZarrStoreFormat
-
-#: A Zarr store's root metadata (v3, and v2's), uploaded last.
-ROOT_METADATA = ("zarr.json", ".zgroup", ".zattrs", ".zmetadata")
 
 
 @dataclass(frozen=True)
@@ -67,15 +70,22 @@ class Destination:
             return local
         return self.target.sibling(local.name).text if local.parent == self.scratch else str(local)
 
-    def in_place_at(self, fmt: OutputFormat, work: StoreLocation) -> StoreLocation:
+    def in_place_at(self, fmt: OutputFormat, work: StoreLocation, resume: bool = False) -> StoreLocation:
         """The work store of ``fmt`` at this destination: for a Zarr output on object storage, one that writes
-        the output's arrays in place at its URL (when ``work`` is on the same store); else ``work`` itself."""
+        the output's arrays in place at its URL (when ``work`` is on the same store), or, where an output is
+        there already, one staged to replace it when done; else ``work`` itself. ``resume``: an interrupted run's
+        store at ``work`` is reopened, staged or not as it was made."""
         if self.scratch is None or not isinstance(fmt, ZarrStoreFormat) or not fmt.in_place_capable:
             return work
         located = work.writing_output_at(self.target.url)
-        if located.output is not None:
-            fmt.write_in_place(self.target.url)
-        return located
+        if located.output is None:
+            return located
+        fmt.write_in_place(self.target.url)
+        if resume and located.exists():
+            staged = located.holds_output_keys()
+        else:
+            staged = self.target.child(ROOT_METADATA).exists()
+        return located.staging() if staged else located
 
     def check(self, fmt: OutputFormat, overwrite: bool) -> None:
         """Refuse an existing output (unless ``overwrite``) and an unusable folder or bucket, before any work."""
@@ -91,11 +101,11 @@ class Destination:
             raise OptionError(f"cannot write to {scheme}:// URLs: give an s3:// (or other object store) URL")
         bucket = StoragePath(f"{scheme}://{rest.split('/', 1)[0]}")
         if not bucket.exists():
-            raise OutputError(f"output bucket {bucket} does not exist")
+            _missing_or_denied(bucket)
         for name in names:
             target = self.target.sibling(name)
             # A Zarr store is there (whole) once its root metadata is.
-            probe = target.child(ROOT_METADATA[0]) if name.endswith(".zarr") else target
+            probe = target.child(ROOT_METADATA) if name.endswith(".zarr") else target
             if probe.exists() and not overwrite:
                 raise OutputError(f"output {target} already exists (pass {option('overwrite')} to replace it)")
 
@@ -108,8 +118,7 @@ class Destination:
             fs, remote = target.filesystem()
             try:
                 if path.is_dir():
-                    if fs.exists(remote):
-                        fs.rm(remote, recursive=True)
+                    remove_remote_store(fs, remote)
                     _upload_store(fs, path, remote)
                 else:
                     fs.put_file(str(path), remote)
@@ -126,10 +135,22 @@ class Destination:
 def _upload_store(fs: object, local: Path, remote: str) -> None:
     """A Zarr folder uploaded with its root metadata last (then a reader sees the image only when complete)."""
     files = sorted(p for p in local.rglob("*") if p.is_file())
-    last = [p for p in files if p.parent == local and p.name in ROOT_METADATA]
+    last = [p for p in files if p.parent == local and p.name in ROOT_NAMES]
     first = [p for p in files if p not in last]
     for batch in (first, last):
         if batch:
             fs.put(  # type: ignore[attr-defined]
                 [str(p) for p in batch], [f"{remote}/{p.relative_to(local).as_posix()}" for p in batch]
             )
+
+
+def _missing_or_denied(bucket: StoragePath) -> None:
+    """Why ``bucket`` was not found: missing, or its probes were refused (s3fs takes any refusal for a missing
+    bucket). A listing tells the two apart; one that succeeds means the bucket is there after all."""
+    fs, path = bucket.filesystem()
+    try:
+        fs.ls(path, detail=False)
+    except FileNotFoundError:
+        raise OutputError(f"output bucket {bucket} does not exist") from None
+    except Exception as exc:
+        raise storage_error(exc, f"output bucket {bucket}") from None

@@ -6,8 +6,9 @@ at the output URL, and what only the run needs — the root metadata (the run re
 attributes), the done flags and the ``_work`` group — at the work store's URL (``OUTPUT.partial``). The chunks
 thus cross the network once, written where they stay, and the output's root ``zarr.json``, which makes it an
 image, is copied into place last (``StoreLocation.commit_output``): a reader never finds a half-made image.
-The price: an ``--overwrite`` run clears the old output when it starts (its new chunks land where the old ones
-are), where a local run replaces it only when done.
+A run that replaces an output already there (``--overwrite``) cannot write where the old one is without
+spoiling it: its store is *staged* instead (``StoreLocation.staged``), whole at the work store's URL, and copied
+over the old output (server-side, the old root metadata removed first, the new one copied last) when done.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from zarr.storage import FsspecStore, WrapperStore
 
 #: The root metadata document; with the first path segments below, the keys kept at the work store's URL.
 ROOT_METADATA = "zarr.json"
+#: What makes a folder of keys a Zarr store (v3's root metadata, and v2's): removed first, uploaded last.
+ROOT_NAMES = (ROOT_METADATA, ".zgroup", ".zattrs", ".zmetadata")
 RUN_ONLY = ("done", "_work")
 
 

@@ -2,7 +2,9 @@
 
 Workers of a cluster write into the store themselves, so it must be somewhere they all reach: a shared
 filesystem path, or an object store URL (``s3://…``, ``gs://…``, ``file://…``) through fsspec. The store of a
-Zarr output on object storage keeps the output's arrays at the output URL itself (``output``; see ``in_place``).
+Zarr output on object storage keeps the output's arrays at the output URL itself (``output``; see ``in_place``),
+except where it replaces an output already there (``staged``): the old one stays whole while the run writes its
+own into the work store, which is copied over it when done (``commit_output``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import errno
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import zarr
 from ..errors import OptionError
 from ..storage import StoragePath, filesystem, storage_error
 from .atomic import partial_path
-from .in_place import ROOT_METADATA, InPlaceStore
+from .in_place import ROOT_METADATA, ROOT_NAMES, RUN_ONLY, InPlaceStore
 
 #: Attempts at removing a local store that files are still landing in, and the pause between them.
 REMOVE_ATTEMPTS, REMOVE_PAUSE = 20, 0.05
@@ -50,6 +52,9 @@ class StoreLocation:
     #: The URL of a Zarr output written in place: the group's arrays are there, only its root metadata, done
     #: flags and work arrays at ``url`` until ``commit_output``.
     output: str | None = None
+    #: For an ``output`` that replaces one already there: the whole group at ``url`` (the old output untouched)
+    #: until ``commit_output`` copies it over the old one.
+    staged: bool = False
 
     @classmethod
     def for_output(cls, output: Path | StoragePath, work_dir: str | None) -> StoreLocation:
@@ -71,6 +76,23 @@ class StoreLocation:
         if self.is_local or StoragePath(self.url).scheme != StoragePath(url).scheme:
             return self
         return StoreLocation(self.url, output=url)
+
+    def staging(self) -> StoreLocation:
+        """This store holding the whole output until it is committed over the one at ``output`` (``staged``)."""
+        return replace(self, staged=True)
+
+    def holds_output_keys(self) -> bool:
+        """Whether the remote store at ``url`` holds keys of an output (arrays), not only the run's: a staged
+        store."""
+        fs, path = self._fs()
+        try:
+            fs.invalidate_cache(path)
+            names = [name.rstrip("/").rsplit("/", 1)[-1] for name in fs.ls(path, detail=False)]
+        except FileNotFoundError:
+            return False
+        except Exception as exc:
+            raise storage_error(exc, f"the work store {self.url}") from None
+        return any(name not in (ROOT_METADATA, *RUN_ONLY) for name in names)
 
     @property
     def is_local(self) -> bool:
@@ -96,7 +118,7 @@ class StoreLocation:
         return {"auto_mkdir": True} if self.url.startswith("file://") else {}
 
     def open_group(self, mode: str, **kwargs: Any) -> zarr.Group:
-        if self.output is not None:
+        if self.output is not None and not self.staged:
             return zarr.open_group(InPlaceStore.at(self.output, self.url, read_only=mode == "r"), mode=mode, **kwargs)
         if self.is_local:
             return zarr.open_group(self.url, mode=mode, **kwargs)
@@ -112,7 +134,8 @@ class StoreLocation:
             raise storage_error(exc, f"the work store {self.url}") from None
 
     def remove(self) -> None:
-        """Remove the store; of an output written in place, the arrays too unless the output was committed."""
+        """Remove the store; of an output written in place, the arrays too unless the output was committed (a
+        staged store's output, the old one, is left as it is)."""
         if self.is_local:
             _remove_local(Path(self.url))
             return
@@ -120,7 +143,7 @@ class StoreLocation:
         try:
             if fs.exists(path):
                 fs.rm(path, recursive=True)
-            if self.output is not None:
+            if self.output is not None and not self.staged:
                 output = filesystem(self.output)[1]
                 if not fs.exists(f"{output}/{ROOT_METADATA}") and fs.exists(output):
                     fs.rm(output, recursive=True)
@@ -128,11 +151,19 @@ class StoreLocation:
             raise storage_error(exc, f"the work store {self.url}") from None
 
     def commit_output(self) -> None:
-        """Make an output written in place whole: its root metadata copied there (last), the rest removed."""
+        """Make an output written in place whole: its root metadata copied there (last), the rest removed. A
+        staged store replaces the old output: that one removed (its root metadata first, so it stops being an
+        image), the store's keys copied in its place (server-side), its root metadata last."""
         assert self.output is not None
         fs, path = self._fs()
         output = filesystem(self.output)[1]
         try:
+            if self.staged:
+                remove_remote_store(fs, output)
+                fs.invalidate_cache(path)
+                keys = [key for key in fs.find(path) if key != f"{path}/{ROOT_METADATA}"]
+                if keys:
+                    fs.copy(keys, [output + key[len(path) :] for key in keys])
             fs.copy(f"{path}/{ROOT_METADATA}", f"{output}/{ROOT_METADATA}")
             fs.rm(path, recursive=True)
             fs.invalidate_cache(output)
@@ -146,3 +177,16 @@ class StoreLocation:
 
     def __str__(self) -> str:
         return self.url
+
+
+def remove_remote_store(fs: Any, path: str) -> None:
+    """Remove the Zarr store at ``path`` of ``fs``, if any: its root metadata first (a reader then no longer
+    takes what is left for an image), then the rest."""
+    fs.invalidate_cache(path)
+    if not fs.exists(path):
+        return
+    roots = [key for key in fs.ls(path, detail=False) if key.rstrip("/").rsplit("/", 1)[-1] in ROOT_NAMES]
+    if roots:
+        fs.rm(roots)
+    fs.rm(path, recursive=True)
+    fs.invalidate_cache(path)
