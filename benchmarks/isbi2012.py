@@ -1,7 +1,7 @@
 """ISBI 2012 EM membranes (the U-Net paper's data): train on slices 0-24, score slices 25-29 held out.
 
     nice -n 10 python -m benchmarks.isbi2012 [--out /tmp/tilewise-isbi] [--epochs 30] [--steps-per-epoch 25]
-                                             [--weight-map]
+                                             [--weight-map] [--padding valid] [--tile 128]
 
 Trains with ``configs/isbi2012.yaml`` (the project's own ``train``), then segments the held-out slices with
 ``predict`` (Gaussian-blended 256-px tiles, overlap 0.5; without and with flip TTA) and prints, per slice and
@@ -84,6 +84,12 @@ def main() -> None:
     parser.add_argument(
         "--weight-map", action="store_true", help="the U-Net paper's separation weights (w0 10, σ 5 px) on the loss"
     )
+    parser.add_argument(
+        "--padding",
+        choices=("same", "valid"),
+        help="override the config's padding (valid: the paper's unpadded convolutions, tiles abutting)",
+    )
+    parser.add_argument("--tile", type=int, help="override the config's training tile (a valid model's: its output)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--score-only", action="store_true", help="score the checkpoint already in --out")
@@ -105,6 +111,8 @@ def main() -> None:
             steps_per_epoch=args.steps_per_epoch,
             class_weights=args.class_weights,
             weight_map=True if args.weight_map else None,
+            padding=args.padding,
+            tile=args.tile,
             threads=args.threads,
             device=args.device,
             on_epoch=lambda r: print(
