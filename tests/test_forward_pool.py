@@ -117,6 +117,20 @@ def test_an_error_reaches_its_caller_and_drops_the_rest_of_its_tiles() -> None:
     assert [o for origins, _ in pool.run(_request([(5, 5)]), threads=1) for o in origins] == [(5, 5)]
 
 
+def test_a_stopped_pool_serves_the_next_run_and_stops_again() -> None:
+    """Each stop ends the threads of the run before it (a failed run, retried in the same process, fails again)."""
+    pool = ForwardPool(lambda: 1, Recorder())
+    for attempt in range(3):
+        assert len(list(pool.run(_request([(attempt, x) for x in range(4)]), threads=2))) == 4
+        threads = list(pool._threads)
+        assert threads and all(thread.is_alive() for thread in threads)  # parked, waiting for work
+        stopper = threading.Thread(target=pool.stop, daemon=True)
+        stopper.start()
+        stopper.join(timeout=30)
+        assert not stopper.is_alive(), f"stop {attempt + 1} never returned: its threads did not end"
+        assert not any(thread.is_alive() for thread in threads)
+
+
 def test_a_closed_pool_lets_its_threads_end_and_refuses_more_work() -> None:
     pool = ForwardPool(lambda: 1, Recorder())
     assert len(list(pool.run(_request([(0, x) for x in range(4)]), threads=2))) == 4
