@@ -16,6 +16,7 @@ import zarr
 
 from pipeline import load_checkpoint, predict
 from tiling import OptionError
+from tiling.grid import TileGrid
 
 from .conftest import make_checkpoint, random_image, write_geotiff
 
@@ -66,8 +67,20 @@ def test_interrupted_run_resumes_to_the_same_output(scene: Path, tmp_path: Path)
     report = predict(scene, out, checkpoint, resume=True, **OPTIONS)
     assert report.resumed
     assert report.chunks_computed == flags.size - done_before
+    # The tiles run again are exactly those that cover a chunk not yet done (a done chunk's other tiles are not).
+    assert report.tiles_run == _tiles_covering(flags == 0, height=300, width=340)
     np.testing.assert_allclose(_probs(out), reference, atol=1e-5, rtol=0)
     assert not out.with_name("out.zarr.partial").exists()
+
+
+def _tiles_covering(todo: np.ndarray, height: int, width: int) -> int:
+    """Tiles of the OPTIONS grid whose footprint overlaps a chunk flagged in ``todo``."""
+    grid, chunk = TileGrid(height, width, OPTIONS["tile"], OPTIONS["overlap"]), OPTIONS["chunk"]
+    needed = np.zeros((height, width), bool)
+    for i, j in np.argwhere(todo):
+        needed[i * chunk : (i + 1) * chunk, j * chunk : (j + 1) * chunk] = True
+    size = OPTIONS["tile"]
+    return sum(bool(needed[t.y : t.y + size, t.x : t.x + size].any()) for t in grid.tiles())
 
 
 def test_resume_refuses_changed_settings_and_input(scene: Path, tmp_path: Path) -> None:
