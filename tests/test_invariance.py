@@ -13,7 +13,7 @@ import zarr
 
 from pipeline import load_checkpoint, predict
 from pipeline.model import logits_to_probs
-from tiling import Span
+from tiling import OptionError, Span
 from tiling.readers import open_raster
 from tiling.tile_input import PaddedInput
 
@@ -124,6 +124,8 @@ def test_a_border_tile_past_the_raster_is_zero_or_filled_by_reflection(tmp_path:
     np.testing.assert_array_equal(zero[:, :32, :50], image[:, 8:, :])
     assert not zero[:, 32:].any() and not zero[:, :, 50:].any()
     assert zero_valid[:32, :50].all() and not zero_valid[32:].any() and not zero_valid[:, 50:].any()
+    with pytest.raises(OptionError, match="unknown fill"):
+        PaddedInput(fill="edge")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("chunk", [48, 100, 1000])

@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 
+from .errors import OptionError
 from .plan import Span
 from .readers.base import RasterReader
 
@@ -39,6 +40,10 @@ class PaddedInput:
     before: int = 0
     after: int = 0
     fill: Literal["zero", "reflect"] = "zero"
+
+    def __post_init__(self) -> None:
+        if self.fill not in ("zero", "reflect"):
+            raise OptionError(f"unknown fill {self.fill!r} past the raster's end (expected zero or reflect)")
 
     def input_size(self, tile: int) -> int:
         return tile
