@@ -9,6 +9,9 @@ forward pass (the 'same' model: the 512² slice as it is; the 'valid' model: ref
 size), the share of pixels whose label (p ≥ 0.5) agrees and the largest |Δp|:
 - the 'same' model through ``predict`` at tile 128/256 and overlap 0.25/0.5 with the Gaussian, constant and rim
   windows, and MONAI's ``sliding_window_inference`` (Gaussian and constant) beside it when MONAI is installed;
+  then the bound no blend window can pass: the share of pixels whose label some tile covering them gives;
+- the 'same' model on crops smaller than one tile, padded up to it with zeros (``predict``'s fill) or mirrored
+  (``PaddedInput(fill="reflect")``), against one pass over the crop itself;
 - the 'valid' model through ``predict`` at output tiles 128 and 256 (abutting: no overlap, no blend).
 Then the time per output megapixel of each mode on a ``--scene``² mosaic of ISBI slices (0: skip), the same
 scene ``benchmarks.predict`` sizes by default.
@@ -34,6 +37,9 @@ TILES = (128, 256)
 OVERLAPS = (0.25, 0.5)
 BLENDS = ("gaussian", "constant", "rim")
 VALID_TILE = 128
+#: Crop sides smaller than each tile, for the fill past a small raster's end.
+SMALL = ((128, (64, 96, 112)), (256, (160, 208, 240)))
+SMALL_STEP = 64
 
 
 def _slice(index: int) -> np.ndarray:
@@ -91,6 +97,30 @@ def monai_pass(image: np.ndarray, checkpoint, tile: int, overlap: float, mode: s
     return probs[0].numpy()
 
 
+def _tile_pass(x: np.ndarray, checkpoint) -> np.ndarray:
+    """Probabilities of one forward pass over the normalised window ``x`` (bands, rows, cols)."""
+    from pipeline.model import logits_to_probs
+
+    with torch.inference_mode():
+        return logits_to_probs(checkpoint.model(torch.from_numpy(np.ascontiguousarray(x[None]))))[0].numpy()
+
+
+def covering_tiles_bound(image: np.ndarray, checkpoint, whole: np.ndarray, tile: int, overlap: float) -> float:
+    """Share of the pixels whose whole-pass label (a binary model's) some tile of ``predict``'s grid covering
+    them gives: a blend of those tiles can pick at best that tile, so no window agrees more (short of averaging
+    two wrong tiles into a right one)."""
+    from tiling import TileGrid, resolve_overlap
+
+    x = _normalised(image, checkpoint)
+    grid = TileGrid(x.shape[1], x.shape[2], tile, resolve_overlap(overlap, tile))
+    label = whole[0] >= 0.5
+    hit = np.zeros_like(label)
+    for t in grid.tiles():
+        rows, cols = slice(t.y, t.y + tile), slice(t.x, t.x + tile)
+        hit[rows, cols] |= (_tile_pass(x[:, rows, cols], checkpoint)[0] >= 0.5) == label[rows, cols]
+    return float(hit.mean())
+
+
 def compare(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
     """Label agreement (p ≥ 0.5) and max |Δp| of (tiled, whole) probability pairs, over every slice."""
     agree = np.mean([np.mean((t >= 0.5) == (w >= 0.5)) for t, w in pairs])
@@ -128,6 +158,8 @@ def seams_same(same_path: Path, workdir: Path) -> None:
                 name = f"same, predict, tile {tile}, overlap {overlap}, {blend}"
                 options = {"tile": tile, "overlap": overlap, "blend": blend}
                 report(name, lambda i, _image, o=options: tiled(i, same_path, workdir, **o), wholes)
+            bound = np.mean([covering_tiles_bound(_slice(i), same, wholes[i], tile, overlap) for i in HELD_OUT])
+            print(f"  {f'same, tile {tile}, overlap {overlap}: best covering tile':<44} agreement {100 * bound:8.4f} %")
             try:
                 import monai  # noqa: F401
             except ImportError:
@@ -136,6 +168,26 @@ def seams_same(same_path: Path, workdir: Path) -> None:
             for mode in ("gaussian", "constant"):
                 name = f"same, MONAI, roi {tile}, overlap {overlap}, {mode}"
                 report(name, lambda _i, image, a=(tile, overlap, mode): monai_pass(image, same, *a), wholes)
+
+
+def small_rasters(same_path: Path) -> None:
+    """Crops smaller than one tile (every ``SMALL_STEP`` px across each held-out slice), padded up to the tile
+    with zeros after normalisation (what ``predict`` feeds the model) or mirrored, against one pass over the
+    crop."""
+    from pipeline import load_checkpoint
+
+    same = load_checkpoint(same_path)
+    for tile, sides in SMALL:
+        for side in sides:
+            starts = range(0, 513 - side, SMALL_STEP)
+            crops = [_slice(i)[:, y : y + side, x : x + side] for i in HELD_OUT for y in starts for x in starts]
+            wholes = [whole_image_pass(crop, same) for crop in crops]
+            for mode, fill in (("constant", "zero"), ("reflect", "reflect")):
+                pad = ((0, 0), (0, tile - side), (0, tile - side))
+                tiles = [_tile_pass(np.pad(_normalised(c, same), pad, mode=mode), same) for c in crops]  # type: ignore[call-overload]
+                agree, delta = compare([(t[:, :side, :side], w) for t, w in zip(tiles, wholes, strict=True)])
+                name = f"same, {side}² crops in one {tile} tile, {fill} fill"
+                print(f"  {name:<44} agreement {100 * agree:8.4f} %   max |Δp| {delta:.2e}", flush=True)
 
 
 def seams_valid(valid_path: Path, workdir: Path) -> None:
@@ -195,6 +247,7 @@ def main() -> None:
         valid = args.out / "valid.safetensors"
         train_model(valid, args.epochs, args.steps_per_epoch, padding="valid", tile=VALID_TILE)
     seams_same(same, args.out / "same")
+    small_rasters(same)
     seams_valid(valid, args.out / "valid")
     if args.scene:
         timing(same, valid, args.out, args.scene)

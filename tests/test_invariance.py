@@ -13,6 +13,9 @@ import zarr
 
 from pipeline import load_checkpoint, predict
 from pipeline.model import logits_to_probs
+from tiling import OptionError, Span
+from tiling.readers import open_raster
+from tiling.tile_input import PaddedInput
 
 from .conftest import make_checkpoint, random_image, write_geotiff
 
@@ -82,13 +85,47 @@ def test_output_equals_a_whole_image_sliding_window(scene, tmp_path: Path) -> No
     np.testing.assert_allclose(probs, expected, atol=1e-4, rtol=0)
 
 
-def test_raster_smaller_than_a_tile_is_padded(tmp_path: Path) -> None:
+def _one_tile_pass(image: np.ndarray, checkpoint: Path, mode: str) -> np.ndarray:
+    """The model over ``image`` normalised and padded at the bottom/right up to one tile (numpy ``mode``)."""
+    loaded = load_checkpoint(checkpoint)
+    norm = loaded.card.normalization
+    x = (image.astype(np.float32) - np.array(norm.mean, np.float32)[:, None, None]) / np.array(norm.std, np.float32)[
+        :, None, None
+    ]
+    _, height, width = x.shape
+    x = np.pad(x, ((0, 0), (0, TILE - height), (0, TILE - width)), mode=mode)  # type: ignore[call-overload]
+    with torch.no_grad():
+        return logits_to_probs(loaded.model(torch.from_numpy(x[None])))[0, :, :height, :width].numpy()
+
+
+def test_a_raster_smaller_than_a_tile_is_zero_padded_into_its_tile(tmp_path: Path) -> None:
+    """Zeros after normalisation, as the model's own convs pad; not a mirror (see ``tiling.tile_input``)."""
     image = random_image((3, 40, 50), seed=5)
     path = write_geotiff(tmp_path / "small.tif", image)
     checkpoint = make_checkpoint(tmp_path / "m.safetensors", tile=TILE, depth=2)
     probs = _probs(path, checkpoint, tmp_path / "out.zarr")
     assert probs.shape == (1, 40, 50)
-    assert np.isfinite(probs).all()
+    np.testing.assert_allclose(probs, _one_tile_pass(image, checkpoint, "constant"), atol=1e-5, rtol=0)
+    assert np.abs(probs - _one_tile_pass(image, checkpoint, "reflect")).max() > 1e-3  # a mirror would differ
+    for chunk in (16, 24):
+        chunked = _probs(path, checkpoint, tmp_path / f"c{chunk}.zarr", chunk=chunk, batch_size=2)
+        np.testing.assert_allclose(chunked, probs, atol=1e-5, rtol=0, err_msg=f"chunk {chunk}")
+
+
+def test_a_border_tile_past_the_raster_is_zero_or_filled_by_reflection(tmp_path: Path) -> None:
+    image = random_image((2, 40, 50), seed=6)
+    reader = open_raster(write_geotiff(tmp_path / "small.tif", image))
+    rows, cols = Span(8, 8 + TILE), Span(0, TILE)
+    data, valid = PaddedInput(fill="reflect").read(reader, rows, cols, (40, 50))
+    np.testing.assert_array_equal(data, np.pad(image, ((0, 0), (0, 32), (0, 14)), mode="reflect")[:, 8:, :])
+    assert valid.all()
+    zero, zero_valid = PaddedInput().read(reader, rows, cols, (40, 50))
+    reader.close()
+    np.testing.assert_array_equal(zero[:, :32, :50], image[:, 8:, :])
+    assert not zero[:, 32:].any() and not zero[:, :, 50:].any()
+    assert zero_valid[:32, :50].all() and not zero_valid[32:].any() and not zero_valid[:, 50:].any()
+    with pytest.raises(OptionError, match="unknown fill"):
+        PaddedInput(fill="edge")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("chunk", [48, 100, 1000])

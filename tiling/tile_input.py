@@ -1,19 +1,23 @@
 """What a tile's forward pass reads around its output, one class per kind of model.
 
 A 'same' model's input is its output tile: a window is read as it is and zero-padded past the raster's end
-(only a raster smaller than one tile reaches there). A valid-convolution model needs ``before`` pixels above
-and left of its output tile and ``after`` below and right (``tiling.geometry``); where these leave the raster
-they are mirrored as numpy's ``reflect`` does (the edge pixel not repeated), as the U-Net paper extrapolates the
-border. Both read *input-frame* spans: ``before`` pixels earlier than the output spans they serve.
+(only a raster smaller than one tile reaches there), or with ``fill="reflect"`` mirrored. Zero is the default:
+one pass of the model over the whole raster zero-pads it in every conv, and zeros come closer to that than a
+mirror (``benchmarks/README.md``, seams). A valid-convolution model needs ``before`` pixels above and left of
+its output tile and ``after`` below and right (``tiling.geometry``); where these leave the raster they are
+mirrored as numpy's ``reflect`` does (the edge pixel not repeated), as the U-Net paper extrapolates the border.
+Both read *input-frame* spans: ``before`` pixels earlier than the output spans they serve.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
+from .errors import OptionError
 from .plan import Span
 from .readers.base import RasterReader
 
@@ -31,10 +35,15 @@ def reflect_indices(span: Span, length: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PaddedInput:
-    """A 'same' model's input: the output tile itself, zero past the raster's end."""
+    """A 'same' model's input: the output tile itself, zero past the raster's end (``fill="reflect"``: mirrored)."""
 
     before: int = 0
     after: int = 0
+    fill: Literal["zero", "reflect"] = "zero"
+
+    def __post_init__(self) -> None:
+        if self.fill not in ("zero", "reflect"):
+            raise OptionError(f"unknown fill {self.fill!r} past the raster's end (expected zero or reflect)")
 
     def input_size(self, tile: int) -> int:
         return tile
@@ -42,8 +51,12 @@ class PaddedInput:
     def read(
         self, reader: RasterReader, rows: Span, cols: Span, raster_shape: tuple[int, int]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The raw pixels (bands, rows, cols) and their validity under ``rows`` × ``cols``, padded past the
-        raster's end with zeros (invalid)."""
+        """The raw pixels (bands, rows, cols) and their validity under ``rows`` × ``cols``, past the raster's end
+        zero (invalid: the model sees 0) or mirrored (the mirrored pixels as valid as those they copy)."""
+        if self.fill == "reflect":
+            data, valid = mirrored_read(reader.read, rows, cols, raster_shape)
+            assert data is not None and valid is not None
+            return data, valid
         height, width = raster_shape
         data, valid = reader.read(Span(rows.start, min(rows.stop, height)), Span(cols.start, min(cols.stop, width)))
         return _pad_to(data, rows.size, cols.size, 0), _pad_to(valid, rows.size, cols.size, False)
