@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -86,6 +88,16 @@ class ForwardPool:
         self._generation = 0
         self._active = 0
         self._closed = False
+        _POOLS.add(self)
+
+    def _forget_threads(self) -> None:
+        """In a child forked from this process: none of the parent's threads is there (and one of them may have
+        held the lock), so the child starts with no threads, no requests and a new lock; its first request starts
+        new threads. Without this a forked child's first run waits forever for threads that do not exist."""
+        self._changed = threading.Condition()
+        self._threads, self._requests = [], []
+        self._generation += 1
+        self._active = 0
 
     def run(self, request: TileRequest, threads: int) -> Iterator[tuple[list[Origin], np.ndarray]]:
         """Run ``request`` on ``threads`` pool threads; yields (origins, probabilities) batch by batch."""
@@ -195,3 +207,15 @@ class ForwardPool:
                 request.running -= 1
                 if not request.running and request not in self._requests:
                     self._changed.notify_all()  # its caller may be waiting to leave
+
+
+#: Every pool of the process, reset in a forked child (``multiprocessing``'s default on Linux, pytest-forked, …).
+_POOLS: weakref.WeakSet[ForwardPool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_POOLS):
+        pool._forget_threads()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

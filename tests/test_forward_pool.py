@@ -3,7 +3,9 @@ and the threads share whatever requests are waiting (no thread idles while anoth
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import threading
 import time
 
@@ -129,6 +131,24 @@ def test_a_stopped_pool_serves_the_next_run_and_stops_again() -> None:
         stopper.join(timeout=30)
         assert not stopper.is_alive(), f"stop {attempt + 1} never returned: its threads did not end"
         assert not any(thread.is_alive() for thread in threads)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_after_a_run_runs_its_own_tiles() -> None:
+    """A forked child (multiprocessing's default start on Linux) inherits the pool but none of its threads."""
+    pool = ForwardPool(lambda: 1, Recorder())
+    assert len(list(pool.run(_request([(0, x) for x in range(4)]), threads=2))) == 4  # threads now parked
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if its run returns every tile; SIGALRM ends it if it hangs
+        signal.alarm(60)
+        try:
+            ran = [o for origins, _ in pool.run(_request([(1, x) for x in range(6)]), threads=2) for o in origins]
+            os._exit(0 if ran == [(1, x) for x in range(6)] else 3)
+        finally:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked child's run hung or lost tiles"
+    assert len(list(pool.run(_request([(2, 0)]), threads=2))) == 1  # the parent's pool still works
 
 
 def test_a_closed_pool_lets_its_threads_end_and_refuses_more_work() -> None:
