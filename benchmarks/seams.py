@@ -84,7 +84,12 @@ def tiled(index: int, checkpoint_path: Path, workdir: Path, **options: object) -
     return zarr.open_group(str(out), mode="r")["probs"][:]
 
 
-def monai_pass(image: np.ndarray, checkpoint, tile: int, overlap: float, mode: str) -> np.ndarray:
+def monai_pass(
+    image: np.ndarray, checkpoint, tile: int, overlap: float, mode: str, batch: int = 4, sigma: float = 0.125
+) -> np.ndarray:
+    """Probabilities of MONAI's ``sliding_window_inference`` over the whole ``image`` (bands, H, W) in memory:
+    ``tile``² windows overlapping by the fraction ``overlap``, ``batch`` at a time, blended with ``mode``
+    (gaussian: σ = ``sigma`` · tile, or constant)."""
     from monai.inferers import sliding_window_inference
 
     from pipeline.model import logits_to_probs
@@ -92,7 +97,13 @@ def monai_pass(image: np.ndarray, checkpoint, tile: int, overlap: float, mode: s
     x = torch.from_numpy(_normalised(image, checkpoint)[None])
     with torch.inference_mode():
         probs = sliding_window_inference(
-            x, (tile, tile), 4, lambda t: logits_to_probs(checkpoint.model(t)), overlap=overlap, mode=mode
+            x,
+            (tile, tile),
+            batch,
+            lambda t: logits_to_probs(checkpoint.model(t)),
+            overlap=overlap,
+            mode=mode,
+            sigma_scale=sigma,
         )
     return probs[0].numpy()
 
@@ -163,7 +174,7 @@ def seams_same(same_path: Path, workdir: Path) -> None:
             try:
                 import monai  # noqa: F401
             except ImportError:
-                print("  (MONAI is not installed: pip install monai to compare with its sliding window)")
+                print("  (MONAI is not installed: pip install 'tilewise[bench]' to compare with its sliding window)")
                 continue
             for mode in ("gaussian", "constant"):
                 name = f"same, MONAI, roi {tile}, overlap {overlap}, {mode}"

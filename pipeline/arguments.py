@@ -303,7 +303,11 @@ def add_train(sub: Any, common: argparse.ArgumentParser) -> None:
     g = t.add_argument_group("running")
     g.add_argument("--out", help="checkpoint to write; metrics CSV, curves PNG and resume file go beside it")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
-    g.add_argument("--amp", choices=("auto", "on", "off"), help="mixed precision (default: auto)")
+    g.add_argument(
+        "--amp",
+        choices=("auto", "on", "off"),
+        help="autocast: fp16 on CUDA, bf16 on a CPU; auto: on CUDA and on CPUs with native bf16 (default: auto)",
+    )
     g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--loader-workers", type=int, help="processes building training batches (default: 0, none)")
     g.add_argument("--resume", action="store_true", default=None, help="continue from the resume file beside --out")

@@ -127,9 +127,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         else "no epoch run"
     )
     extras = ", ".join(str(p) for p in (report.metrics, report.curves) if p is not None)
+    autocast = f" under {report.precision} autocast" if report.precision != "fp32" else ""
     print(
         f"wrote {report.checkpoint} ({best}); {extras}; {report.seconds:.1f} s "
-        f"({report.cpu_seconds / 60:.1f} CPU-min) on {report.device}",
+        f"({report.cpu_seconds / 60:.1f} CPU-min) on {report.device}{autocast}",
         file=sys.stderr,
     )
     return 0

@@ -9,6 +9,7 @@ convolutions of tile size.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import threading
@@ -65,6 +66,34 @@ def check_precision(precision: str, device: str) -> None:
         raise OptionError(f"unknown precision {precision!r} (expected fp32, bf16 or fp16)")
     if precision == "fp16" and device == "cpu":
         raise OptionError("fp16 autocast is for GPUs; on the CPU use --precision bf16 or fp32")
+
+
+#: CPU features with which torch (oneDNN) multiplies bf16 natively; without them bf16 is emulated, slower than
+#: float32. The names are /proc/cpuinfo's (and torch.cpu.get_capabilities()'s, where torch has it).
+NATIVE_BF16_FEATURES = ("avx512_bf16", "amx_bf16")
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16): where bf16 autocast costs less than
+    float32."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)  # recent torch; older: /proc/cpuinfo
+    if capabilities is not None:
+        found = capabilities()
+        return any(bool(found.get(name)) for name in NATIVE_BF16_FEATURES)
+    return bool(set(NATIVE_BF16_FEATURES) & _cpuinfo_flags())
+
+
+def _cpuinfo_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    """The first CPU's feature flags in /proc/cpuinfo (empty where there is none: macOS, Windows)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
 
 
 def available_cores() -> int:

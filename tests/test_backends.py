@@ -1,6 +1,6 @@
 """The inference engines (``--backend``): conversion once and cached on disk, a damaged cache entry rebuilt, the
-same output for every chunking with each engine, and one-line errors for an engine that is missing or cannot run
-the precision asked for."""
+same output for every chunking with each engine and on a local cluster, and one-line errors for an engine that is
+missing or cannot run the precision asked for."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pipeline import predict
 from pipeline.backends import candidates, check_backend, installed
 from pipeline.backends import conversion as conv
 from pipeline.cache import model_cache
+from pipeline.cli import main
 from tiling.errors import OptionError
 
 from .conftest import make_checkpoint, random_image, write_geotiff
@@ -159,3 +160,25 @@ def test_auto_keeps_one_timed_engine_for_every_tile(scene, tmp_path: Path) -> No
     model_cache().release()
     chosen = _probs(scene, tmp_path / "chosen.zarr", backend=report.backend)
     np.testing.assert_allclose(auto, chosen, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", [engine("onnxruntime")])
+def test_an_engine_on_a_local_cluster_gives_the_threads_output(
+    name: str, scene, tmp_path: Path, _cache_dir: Path, capsys
+) -> None:
+    """``--cluster local:1 --backend onnxruntime``: the worker process runs the engine (the run's final line
+    names it), finds the model converted by the run on threads in the shared cache, and writes what the run on
+    threads wrote."""
+    pytest.importorskip("distributed")
+    threads = _probs(scene, tmp_path / "threads.zarr", backend=name, chunk=96)
+    assert len(list((_cache_dir / "models").iterdir())) == 1
+    path, checkpoint = scene
+    out = tmp_path / "cluster.zarr"
+    argv = ["predict", path, out, "--model", checkpoint, "--cluster", "local:1", "--backend", name, "--chunk", "96"]
+    argv += ["--tile", TILE, "--overlap", OVERLAP, "--output-kind", "probs"]
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"({name}) on " in err and "1 in flight" in err, err
+    np.testing.assert_allclose(zarr.open_group(str(out), mode="r")["probs"][:], threads, atol=1e-5, rtol=0)
+    assert len(list((_cache_dir / "models").iterdir())) == 1  # the same key: one converted model for both

@@ -1,4 +1,5 @@
-"""Validation runs the forward pass prediction runs: the same probabilities, the labels ``predict`` would write."""
+"""Validation runs the forward pass prediction runs: the same probabilities, the labels ``predict`` would write
+(in float32, whatever autocast training used on a CPU)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ def test_validation_scores_are_those_of_predictions_labels(tmp_path: Path) -> No
     rgb, truth = synthesize(0, 0, 160, 160, seed=3)
     image = str(write_geotiff(tmp_path / "scene.tif", np.maximum(rgb, 1)))
     mask = str(write_geotiff(tmp_path / "truth.tif", truth[np.newaxis]))
+    # Trained under bf16 autocast (amp on: on any CPU), validated in float32, as predict runs by default.
     report = train(images=[image], masks=[mask], out=str(tmp_path / "m.safetensors"), epochs=1, steps_per_epoch=2,
-                   val_overlap=16, **TINY)  # fmt: skip
+                   val_overlap=16, amp="on", **TINY)  # fmt: skip
+    assert report.precision == "bf16"
     assert report.model is not None and report.scores is not None
     pairs = open_pairs([image], [mask], None, MaskEncoding.from_options("ids", NAMES, None, None), "validation")
     runner = ModelRunner(ModelSpec.for_model(report.model))
@@ -45,7 +48,7 @@ def test_validation_scores_are_those_of_predictions_labels(tmp_path: Path) -> No
             probs = runner.probabilities(raw, valid, report.normalization)
             x = normalised_on_device(raw, valid, report.normalization, "cpu")
             with torch.no_grad():
-                validation_probs = logits_to_probs(forward_logits(report.model.model, x, amp=False))
+                validation_probs = logits_to_probs(forward_logits(report.model.model, x))
             np.testing.assert_array_equal(validation_probs.numpy(), probs)
             # the normalisation on the device is the one training tiles get on the CPU
             normalised = np.stack([read_tile(pairs[0], t.row, t.col, 64, report.normalization)[0] for t in group])

@@ -5,6 +5,9 @@ Prediction (``ModelRunner.probabilities``) sends raw tiles to the device, normal
 probabilities with ``logits_to_probs``; the label writer (``to_labels``) thresholds a binary model's
 probability at 0.5 by default and takes the argmax of several. Validation does the same through these
 functions, so the scores it reports are those of the labels ``predict`` would write with its default threshold.
+
+Training's forward passes run under autocast where ``--amp`` asks (``training_autocast``): float16 on CUDA,
+bfloat16 on a CPU; the loss is computed on float32 logits.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from torch import nn
 from tiling.normalize import Normalization
 from tiling.writers.encode import to_labels
 
+from ..devices import native_bf16
 from ..model import logits_to_probs
 
 #: ``predict``'s default threshold on a binary model's probability.
@@ -35,9 +39,27 @@ def normalised_on_device(
     return x
 
 
-def forward_logits(model: nn.Module, x: torch.Tensor, amp: bool) -> torch.Tensor:
-    """float32 logits of a batch; float16 autocast on CUDA when ``amp``."""
-    with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+#: The precision name of each autocast dtype (float32: none).
+AUTOCAST_NAMES: dict[torch.dtype | None, str] = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def training_autocast(mode: str, device: str) -> torch.dtype | None:
+    """The autocast dtype of training for ``--amp`` ``mode`` on ``device`` (None: float32).
+
+    On CUDA ``auto`` and ``on`` are float16 (with the grad scaler). On a CPU ``auto`` is bfloat16 where the CPU
+    computes it natively (``devices.native_bf16``: AVX512-BF16, AMX) and float32 elsewhere, where emulated bf16
+    is slower than float32; ``on`` is bfloat16 on any CPU. ``off`` is float32 everywhere.
+    """
+    if mode == "off":
+        return None
+    if device.startswith("cuda"):
+        return torch.float16
+    return torch.bfloat16 if mode == "on" or native_bf16() else None
+
+
+def forward_logits(model: nn.Module, x: torch.Tensor, autocast: torch.dtype | None = None) -> torch.Tensor:
+    """float32 logits of a batch, the forward pass under ``autocast`` on ``x``'s device when it is given."""
+    with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
         logits = model(x)
     return logits.float()
 

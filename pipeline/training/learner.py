@@ -1,4 +1,4 @@
-"""The model and what updates it: AdamW, the learning-rate schedule and the AMP grad scaler.
+"""The model and what updates it: AdamW, the learning-rate schedule and the grad scaler (float16 autocast only).
 
 ``build_learner`` is the one place they are made, for a fresh run and a resumed one alike (a resumed run then
 loads their state). The model is initialised from the run's seed, so a fresh run starts from the same weights.
@@ -24,13 +24,14 @@ class Learner:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    amp: bool
+    #: The forward passes' autocast dtype (``forward.training_autocast``); None: float32.
+    autocast: torch.dtype | None
 
     def step(
         self, images: torch.Tensor, labels: torch.Tensor, loss: Loss, weights: torch.Tensor | None = None
     ) -> float:
         """One optimiser and schedule step on a batch (with each pixel's separation ``weights``); its loss."""
-        value = loss(forward_logits(self.model, images, self.amp), labels, weights)
+        value = loss(forward_logits(self.model, images, self.autocast), labels, weights)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(value).backward()
         self.scaler.step(self.optimizer)
@@ -66,8 +67,9 @@ class Learner:
             self.scaler.load_state_dict(state["scaler"])
 
 
-def build_learner(opts: TrainOptions, config: UNetConfig, device: str, amp: bool) -> Learner:
-    """A freshly initialised model on ``device`` with its optimiser, schedule (over the whole run) and scaler."""
+def build_learner(opts: TrainOptions, config: UNetConfig, device: str, autocast: torch.dtype | None) -> Learner:
+    """A freshly initialised model on ``device`` with its optimiser, schedule (over the whole run) and scaler
+    (which scales the loss only under float16 autocast: bfloat16 has float32's range)."""
     torch.manual_seed(opts.seed)
     model = build_model(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
@@ -77,4 +79,5 @@ def build_learner(opts: TrainOptions, config: UNetConfig, device: str, amp: bool
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=opts.lr, total_steps=total)
     else:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total, eta_min=opts.lr / 100)
-    return Learner(model, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp), amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast == torch.float16)
+    return Learner(model, optimizer, scheduler, scaler, autocast)

@@ -30,6 +30,7 @@ from ..checkpoint import Checkpoint
 from ..devices import resolve_device
 from ..model import UNetConfig
 from .data import Pair, open_pairs, survey
+from .forward import AUTOCAST_NAMES, training_autocast
 from .masks import MaskEncoding
 from .metrics import Scores
 from .options import TrainOptions, options_from_config
@@ -57,6 +58,8 @@ class TrainReport:
     seconds: float
     cpu_seconds: float
     device: str
+    #: The training forward passes' precision: fp32, or bf16 / fp16 autocast (``--amp``).
+    precision: str = "fp32"
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -85,7 +88,7 @@ def _train(opts: TrainOptions, on_epoch: Callable[[dict[str, Any]], None] | None
     files = RunFiles.beside(opts.out)
     _check_outputs(files, opts)
     device = resolve_device(opts.device)
-    amp = _amp(opts.amp, device)
+    autocast = training_autocast(opts.amp, device)
     if opts.threads:
         torch.set_num_threads(opts.threads)
 
@@ -115,7 +118,7 @@ def _train(opts: TrainOptions, on_epoch: Callable[[dict[str, Any]], None] | None
         found = survey(pairs, max(opts.tile // 2, 1), opts.class_names)
         settings = fingerprint(opts, images, masks, val_images + val_masks)
         _make_folder(files)
-        run = Run(opts, config_, pairs, val_pairs or pairs, found, device, amp, files, settings, on_epoch)
+        run = Run(opts, config_, pairs, val_pairs or pairs, found, device, autocast, files, settings, on_epoch)
         if not val_pairs:
             print("tilewise: no validation set given; validating on the training rasters", file=sys.stderr)
         if opts.resume:
@@ -142,6 +145,7 @@ def _train(opts: TrainOptions, on_epoch: Callable[[dict[str, Any]], None] | None
         seconds=time.perf_counter() - began,
         cpu_seconds=time.process_time() - cpu_began + run.worker_cpu_seconds,
         device=device,
+        precision=AUTOCAST_NAMES[autocast],
         history=history,
     )
 
@@ -167,12 +171,6 @@ def _make_folder(files: RunFiles) -> None:
         files.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create the folder for {files.checkpoint}: {exc.strerror}") from None
-
-
-def _amp(mode: str, device: str) -> bool:
-    if mode == "on" and not device.startswith("cuda"):
-        raise OptionError("amp (mixed precision) is for CUDA devices; on the CPU use amp: off")
-    return mode != "off" and device.startswith("cuda")
 
 
 def _resuming(start: int, epochs: int, files: RunFiles) -> str:

@@ -125,6 +125,8 @@ class TrainOptions(UpdatableOptions):
         _choice(self.upsampling, UPSAMPLING, "upsampling")
         _choice(self.padding, PADDING, "padding")
         _choice(self.schedule, SCHEDULES, "schedule")
+        if isinstance(self.amp, bool):  # YAML reads an unquoted on/off as a boolean
+            object.__setattr__(self, "amp", "on" if self.amp else "off")
         _choice(self.amp, AMP_MODES, "amp")
         if len(self.class_names) < 2 or len(set(self.class_names)) != len(self.class_names):
             raise OptionError(f"class_names needs at least two distinct names, got {list(self.class_names)}")

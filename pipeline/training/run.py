@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from tiling.errors import OptionError
@@ -24,6 +25,7 @@ from ..model import UNetConfig, build_model
 from .augment import Augmentation
 from .batches import Batch, BatchSpec, BatchStream, TrainingBatches, loading
 from .data import Pair, Survey, TileSampler
+from .forward import AUTOCAST_NAMES
 from .learner import build_learner
 from .losses import Loss, make_loss
 from .metrics import Scores
@@ -72,13 +74,17 @@ class Run:
         val_pairs: Sequence[Pair],
         found: Survey,
         device: str,
-        amp: bool,
+        autocast: torch.dtype | None,
         files: RunFiles,
         settings: dict[str, Any],
         on_epoch: Callable[[dict[str, Any]], None] | None,
     ) -> None:
         self.opts, self.config, self.pairs = opts, config, pairs
-        self.found, self.device, self.amp, self.files, self.settings = found, device, amp, files, settings
+        self.found, self.device, self.files, self.settings = found, device, files, settings
+        self.autocast = autocast
+        # Validation scores the labels ``predict`` writes: in float32 on a CPU (predict's default precision);
+        # under float16 autocast on CUDA when training uses it (a GPU's validation time).
+        self.validation_autocast = autocast if autocast == torch.float16 else None
         self.on_epoch = on_epoch
         augment = Augmentation(
             opts.flips,
@@ -100,7 +106,7 @@ class Run:
         )
         self.class_weights = class_weights(opts.class_weights, found.class_counts)
         self.loss: Loss = make_loss(opts.loss_name, opts.binary, self.class_weights)
-        self.learner = build_learner(opts, config, device, amp)
+        self.learner = build_learner(opts, config, device, autocast)
         self.history: list[dict[str, Any]] = []
         self.best_scores: Scores | None = None
         self.best_checkpoint: Checkpoint | None = None  # the saved best model, in memory (None after a resume)
@@ -123,7 +129,8 @@ class Run:
             for epoch in range(self.start_epoch, self.opts.epochs + 1):
                 began = time.perf_counter()
                 train_loss = self._train_epoch(epoch, itertools.islice(batches, self.opts.steps_per_epoch))
-                val_loss, scores = validate(self.learner.model, self.validation, self.loss, self.device, self.amp)
+                model = self.learner.model
+                val_loss, scores = validate(model, self.validation, self.loss, self.device, self.validation_autocast)
                 row: dict[str, Any] = {
                     "epoch": epoch,
                     "lr": self.learner.lr,
@@ -186,6 +193,7 @@ class Run:
             "class_weights": self.class_weights,
             "tile": self.opts.tile,
             "seed": self.opts.seed,
+            "training_precision": AUTOCAST_NAMES[self.autocast],
         }
         if self.opts.weighted:
             info["weight_map"] = {

@@ -57,8 +57,10 @@ class ValidationGrid:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, grid: ValidationGrid, loss: Loss, device: str, amp: bool) -> tuple[float, Scores]:
-    """Loss and scores of ``model`` (put in eval mode) on ``grid``."""
+def validate(
+    model: nn.Module, grid: ValidationGrid, loss: Loss, device: str, autocast: torch.dtype | None
+) -> tuple[float, Scores]:
+    """Loss and scores of ``model`` (put in eval mode) on ``grid``, its forward passes under ``autocast``."""
     model.eval()
     confusion = Confusion(len(grid.class_names))
     loss_sum, weight = 0.0, 0
@@ -67,7 +69,7 @@ def validate(model: nn.Module, grid: ValidationGrid, loss: Loss, device: str, am
         raw, valid, labels = _read_group(grid.pairs, grid.tiles[start : start + grid.batch_size], window)
         x = normalised_on_device(raw, valid, grid.normalization, device)
         y = torch.from_numpy(labels).to(device)
-        logits = forward_logits(model, x, amp)
+        logits = forward_logits(model, x, autocast)
         labelled = int((y != IGNORE).sum())
         if labelled:
             loss_sum += float(loss(logits, y)) * labelled
