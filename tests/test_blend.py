@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tiling import Accumulator, Contribution, blend, window_profile
+from pipeline.graph import TileStats
+from tiling import Accumulator, Contribution, OptionError, blend, window_profile
 from tiling.blend import tile_weight_sum
 from tiling.plan import Span
+from tiling.windows import WEIGHT_FLOOR
 
 
 def _one_by_one(origins: list[tuple[int, int]], profile: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -78,3 +81,31 @@ def test_blend_in_place_equals_blend_into_new_arrays_and_marks_uncovered_pixels(
     num[:, 0:3, 2:5] += spill.num
     den[0:3, 2:5] += spill.den
     np.testing.assert_allclose(fresh[:, 1:], num[:, 1:] / den[1:], rtol=1e-6)
+
+
+def test_the_default_gaussian_has_sigma_an_eighth_of_the_tile() -> None:
+    d = np.arange(8) + 0.5 - 4  # pixel centres from the tile's centre; σ = 8 / 8 = 1
+    expected = np.exp(-0.5 * d**2) / np.exp(-0.5 * 0.5**2)
+    np.testing.assert_allclose(window_profile("gaussian", 8), expected, rtol=1e-6)
+    rim = window_profile("rim", 16)  # the outer 2 px on each side at the floor, the rest the Gaussian
+    np.testing.assert_array_equal(rim[[0, 1, 14, 15]], np.float32(WEIGHT_FLOOR))
+    np.testing.assert_allclose(rim[2:14], window_profile("gaussian", 16)[2:14])
+
+
+@pytest.mark.parametrize(
+    ("kind", "size", "sigma", "message"),
+    [
+        ("gaussian", 0, 0.125, "window size must be positive, got 0"),
+        ("constant", -1, 0.125, "window size must be positive, got -1"),
+        ("gaussian", 8, 0.0, "sigma must be a positive fraction of the tile, got 0.0"),
+        ("rim", 8, -0.1, "sigma must be a positive fraction of the tile, got -0.1"),
+        ("hann", 8, 0.125, r"unknown blend window 'hann' \(expected one of gaussian, cosine, constant, rim\)"),
+    ],
+)
+def test_a_window_that_cannot_be_made_is_refused(kind: str, size: int, sigma: float, message: str) -> None:
+    with pytest.raises(OptionError, match=message):
+        window_profile(kind, size, sigma)
+
+
+def test_tile_counts_add_up_field_by_field() -> None:
+    assert TileStats(1, 2, 3) + TileStats(10, 20, 30) == TileStats(11, 22, 33)

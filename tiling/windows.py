@@ -44,7 +44,7 @@ def window_profile(kind: str, size: int, sigma: float = 0.125) -> np.ndarray:
         raise OptionError(f"unknown blend window {kind!r} (expected one of {', '.join(BLEND_KINDS)})")
     profile = profile / profile.max()
     if kind == "rim":
-        rim = min(int(RIM_SHARE * size), (size - 1) // 2)
+        rim = int(RIM_SHARE * size)  # under half the tile: the centre keeps its peak
         profile[:rim] = profile[size - rim :] = WEIGHT_FLOOR
     return np.maximum(profile, WEIGHT_FLOOR).astype(np.float32)
 
