@@ -3,13 +3,14 @@ writes to it were seen to hang), and the AWS environment pointing at it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +67,9 @@ class S3Server:
         return sorted(obj["Key"] for page in pages for obj in page.get("Contents", ()))
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
+@contextlib.contextmanager
+def moto_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A moto S3 server in a process of its own on a free loopback port: its endpoint URL and process."""
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -76,10 +78,34 @@ def s3_server() -> Iterator[S3Server]:
     )
     wait_for_server(port, process, "the moto S3 server")
     try:
-        yield S3Server(f"http://127.0.0.1:{port}", process)
+        yield f"http://127.0.0.1:{port}", process
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    with moto_server() as (endpoint, process):
+        yield S3Server(endpoint, process)
+
+
+def writes_fail_after(monkeypatch: pytest.MonkeyPatch, chunks: int) -> Callable[[], None]:
+    """Make the work store fail, as a store that went away would, once ``chunks`` chunks are written; the value
+    puts the store back."""
+    from tiling.errors import write_failure
+    from tiling.writers import workstore
+
+    original, written = workstore.WorkStore.write, []
+
+    def failing(self, index, rows, cols, probs):  # type: ignore[no-untyped-def]
+        if len(written) == chunks:
+            raise write_failure(self.location.url, OSError(5, "the store went away"))
+        original(self, index, rows, cols, probs)
+        written.append(index)
+
+    monkeypatch.setattr(workstore.WorkStore, "write", failing)
+    return lambda: monkeypatch.setattr(workstore.WorkStore, "write", original)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from .conftest import random_image, write_geotiff
-from .object_store import _free_port, wait_for_server
+from .object_store import moto_server
 from .test_cli import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,15 +74,8 @@ class GuardedS3:
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuardedS3]:
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_server(port, process, "the moto S3 server")
-    try:
-        server = GuardedS3(f"http://127.0.0.1:{port}", {}, "s3://inputs/scene.tif")
+    with moto_server() as (endpoint, _):
+        server = GuardedS3(endpoint, {}, "s3://inputs/scene.tif")
         iam, s3 = server.client("iam"), server.client("s3")
         for user, policy in (("admin", EVERYTHING), ("reader", READ_ONLY), ("nobody", None)):
             iam.create_user(UserName=user)
@@ -98,9 +91,6 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuardedS3]:
         reset = f"{server.endpoint}/moto-api/reset-auth"
         urllib.request.urlopen(urllib.request.Request(reset, b"0", {"Content-Type": "text/plain"}, method="POST"))
         yield server
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_the_server_enforces_the_policies(guarded: GuardedS3) -> None:

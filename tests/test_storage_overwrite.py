@@ -14,7 +14,7 @@ from pipeline import predict
 from tiling.errors import TilewiseError
 
 from .conftest import make_checkpoint, random_image, write_geotiff
-from .object_store import s3, s3_server  # noqa: F401 - fixtures
+from .object_store import s3, s3_server, writes_fail_after  # noqa: F401 - fixtures
 from .test_cli import assert_one_line_error, run_cli
 
 OPTIONS = {"chunk": 64, "output_kind": "both", "workers": 1}
@@ -77,31 +77,20 @@ def test_overwrite_replaces_an_s3_zarr_output_with_the_new_one(
 def test_a_failed_overwrite_keeps_the_old_output_whole(s3, scene, models, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
     """The new output is computed beside the old one (in its work store): a run that fails after some chunks
     leaves the old output as it was; --resume then replaces it."""
-    from tiling.errors import write_failure
-    from tiling.writers import workstore
-
     local_in, url_in = scene
     old, new = models
     bucket = s3.new_bucket()
     out = f"s3://{bucket}/out.zarr"
     predict(url_in, out, old, **OPTIONS)
     before = _arrays(out)
-    original, written = workstore.WorkStore.write, []
-
-    def failing(self, index, rows, cols, probs):
-        if len(written) == 4:
-            raise write_failure(self.location.url, OSError(5, "the store went away"))
-        original(self, index, rows, cols, probs)
-        written.append(index)
-
-    monkeypatch.setattr(workstore.WorkStore, "write", failing)
+    store_back = writes_fail_after(monkeypatch, 4)
     with pytest.raises(TilewiseError):
         predict(url_in, out, new, overwrite=True, **OPTIONS)
     for path, data in _arrays(out).items():  # untouched, bit for bit
         np.testing.assert_array_equal(data, before[path], err_msg=path)
     assert sorted(_arrays(out)) == sorted(before)
     assert s3.keys(bucket, "out.zarr.partial/labels/c/"), "the new chunks are not in the work store"
-    monkeypatch.setattr(workstore.WorkStore, "write", original)
+    store_back()
     report = predict(url_in, out, new, overwrite=True, resume=True, **OPTIONS)
     assert report.resumed and report.chunks_computed == 5
     _assert_same(out, predict(local_in, tmp_path / "new.zarr", new, **OPTIONS).outputs[0])

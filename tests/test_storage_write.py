@@ -18,7 +18,7 @@ from tiling.plan import Span
 from tiling.storage import StoragePath
 
 from .conftest import make_checkpoint, random_image, write_geotiff
-from .object_store import s3, s3_server  # noqa: F401 - fixtures
+from .object_store import s3, s3_server, writes_fail_after  # noqa: F401 - fixtures
 
 OPTIONS = {"chunk": 64, "output_kind": "both"}
 
@@ -82,28 +82,17 @@ def test_a_missing_output_bucket_is_one_line(s3, scene, checkpoint: Path) -> Non
 def test_resume_against_an_s3_work_store(s3, scene, tmp_path: Path, checkpoint: Path, monkeypatch) -> None:  # noqa: F811
     """A run that fails after some chunks keeps them in the work store next to the s3:// output; --resume
     computes only the rest and gives the output of an uninterrupted run."""
-    from tiling.errors import write_failure
-    from tiling.writers import workstore
-
     _, url_in = scene
     bucket = s3.new_bucket()
     out = f"s3://{bucket}/out.tif"
     reference = tmp_path / "reference.tif"
     predict(url_in, reference, checkpoint, chunk=64, workers=1)
-    original, written = workstore.WorkStore.write, []
-
-    def failing(self, index, rows, cols, probs):
-        if len(written) == 4:
-            raise write_failure(self.location.url, OSError(5, "the store went away"))
-        original(self, index, rows, cols, probs)
-        written.append(index)
-
-    monkeypatch.setattr(workstore.WorkStore, "write", failing)
+    store_back = writes_fail_after(monkeypatch, 4)
     with pytest.raises(TilewiseError) as failed:
         predict(url_in, out, checkpoint, chunk=64, workers=1)
     assert "4 of 9 chunks are done" in " ".join(getattr(failed.value, "tilewise_notes", []))
     assert s3.keys(bucket, "out.tif.partial/") and not StoragePath(out).exists()
-    monkeypatch.setattr(workstore.WorkStore, "write", original)
+    store_back()
     report = predict(url_in, out, checkpoint, chunk=64, workers=1, resume=True)
     assert report.resumed and report.chunks_computed == 5
     np.testing.assert_array_equal(_read_all(out), _read_all(reference))
