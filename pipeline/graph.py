@@ -107,6 +107,7 @@ def tile_is_valid(valid: np.ndarray, y: int, x: int, tile: int, min_fraction: fl
 class ChunkTask:
     """Where one chunk task reads, which tiles it runs and where its sums go (small and picklable)."""
 
+    index: ChunkIndex
     own: tuple[Span, Span]
     extent: tuple[Span, Span]
     origins: tuple[tuple[int, ...], tuple[int, ...]]
@@ -320,6 +321,7 @@ def build_graph(
         targets = [t for t in targets if t != (i, j) and (not spill_only or t not in done)]
         extent = (plan.rows.extent(i), plan.cols.extent(j))
         return ChunkTask(
+            index=(i, j),
             own=spans(i, j),
             extent=extent,
             origins=(plan.rows.owned(i), plan.cols.owned(j)),
