@@ -21,9 +21,7 @@ from typing import Any
 
 from rasterio.errors import NotGeoreferencedWarning
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "configs" / "isbi2012.yaml"
-DATA = ROOT.parent / "shared" / "data" / "isbi2012"
+from .isbi2012 import CONFIG, DATA
 
 
 class _BudgetSpent(Exception):
@@ -56,10 +54,10 @@ def run(amp: str, budget: float, epochs: int, steps: int, out: Path, threads: in
             on_epoch=on_epoch,
         )
         precision = report.precision
-    except _BudgetSpent:
-        from pipeline.devices import native_bf16
+    except _BudgetSpent:  # the precision the run trained in, as train chose it
+        from pipeline.training.forward import AUTOCAST_NAMES, training_autocast
 
-        precision = "bf16" if amp == "on" or (amp == "auto" and native_bf16()) else "fp32"
+        precision = AUTOCAST_NAMES[training_autocast(amp, "cpu")]
     within = [r for r in rows if r["cpu_s"] <= budget] or rows[:1]
     return {"amp": amp, "precision": precision, "within": within[-1], "last": rows[-1], "steps": steps}
 
