@@ -1,6 +1,7 @@
-"""Training on a CPU in float32 against bf16 autocast at equal CPU time, on ISBI 2012 (EM membranes).
+"""Training on a CPU in float32 against bf16 autocast at equal CPU time, on ISBI 2012 (EM membranes) or MoNuSeg.
 
     nice -n 10 python -m benchmarks.train_amp [--budget 300] [--steps-per-epoch 10] [--amp off on]
+    nice -n 10 python -m benchmarks.train_amp --config monuseg_nuclei      (nuclei; objects scored after)
     nice -n 10 python -m benchmarks.train_amp --step-pairs 10     (the training step alone, fp32 against bf16)
 
 Each run trains ``configs/isbi2012.yaml`` (same seed, same batches, same planned schedule: ``--epochs`` ×
@@ -9,6 +10,8 @@ epoch's validation (slices 25-29, in float32 for both). The figures are those of
 the budget: the optimiser steps done, and the validation pixel error and Dice ``tilewise train`` prints and
 records; the epoch that went past the budget is reported beside them. ``--amp off`` is float32, ``--amp on`` bf16
 autocast (what ``auto`` picks on a CPU with native bf16). The runs alternate in order with ``--rounds 2``.
+With ``--config monuseg_nuclei`` each run's saved model is also scored on the held-out MoNuSeg images
+(``benchmarks.nuclei``: mean AJI and object F1 at IoU ≥ 0.5 of its instances).
 """
 
 from __future__ import annotations
@@ -21,14 +24,20 @@ from typing import Any
 
 from rasterio.errors import NotGeoreferencedWarning
 
-from .isbi2012 import CONFIG, DATA
+from .isbi2012 import ROOT
+
+#: The training configurations this benchmark runs, and the data each needs.
+CONFIGS = {
+    "isbi2012": (ROOT / "configs" / "isbi2012.yaml", ROOT.parent / "shared" / "data" / "isbi2012"),
+    "monuseg_nuclei": (ROOT / "configs" / "monuseg_nuclei.yaml", ROOT.parent / "shared" / "data" / "monuseg"),
+}
 
 
 class _BudgetSpent(Exception):
     """Raised after the epoch that used up the budget (the run's files up to it are kept)."""
 
 
-def run(amp: str, budget: float, epochs: int, steps: int, out: Path, threads: int) -> dict[str, Any]:
+def run(config: str, amp: str, budget: float, epochs: int, steps: int, out: Path, threads: int) -> dict[str, Any]:
     from pipeline import train
 
     began, cpu_began = time.perf_counter(), time.process_time()
@@ -42,8 +51,8 @@ def run(amp: str, budget: float, epochs: int, steps: int, out: Path, threads: in
     precision = "?"
     try:
         report = train(
-            config=CONFIG,
-            out=out / f"isbi_{amp}.safetensors",
+            config=CONFIGS[config][0],
+            out=out / f"{config}_{amp}.safetensors",
             overwrite=True,
             epochs=epochs,
             steps_per_epoch=steps,
@@ -59,7 +68,30 @@ def run(amp: str, budget: float, epochs: int, steps: int, out: Path, threads: in
 
         precision = AUTOCAST_NAMES[training_autocast(amp, "cpu")]
     within = [r for r in rows if r["cpu_s"] <= budget] or rows[:1]
-    return {"amp": amp, "precision": precision, "within": within[-1], "last": rows[-1], "steps": steps}
+    result = {"amp": amp, "precision": precision, "within": within[-1], "last": rows[-1], "steps": steps}
+    if config == "monuseg_nuclei":
+        result["objects"] = _nuclei_scores(out / f"{config}_{amp}.safetensors", out / f"nuclei_{amp}")
+    return result
+
+
+def _nuclei_scores(model: Path, workdir: Path) -> tuple[float, float]:
+    """Mean AJI and object F1 at IoU ≥ 0.5 of ``model``'s instances on the held-out MoNuSeg images."""
+    import numpy as np
+    import tifffile
+
+    from pipeline.training.instance_metrics import score_objects
+
+    from .nuclei import DATA, HELD_OUT, objects_of
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    scores = []
+    for image in HELD_OUT:
+        truth = tifffile.imread(DATA / "instances" / f"{image}.tif").astype(np.int64)
+        instances = objects_of(image, model, workdir)[0].astype(np.int64)
+        s = score_objects(truth, np.where(instances == 2**32 - 1, 0, instances))
+        scores.append((s.aji, s.f1))
+    aji, f1 = np.mean(scores, axis=0)
+    return float(aji), float(f1)
 
 
 def steps_alone(pairs: int, threads: int) -> None:
@@ -109,16 +141,19 @@ def steps_alone(pairs: int, threads: int) -> None:
 
 def _line(result: dict[str, Any]) -> str:
     w, last, steps = result["within"], result["last"], result["steps"]
+    objects = result.get("objects")
+    held_out = f" AJI {objects[0]:.3f}, F1 {objects[1]:.3f} |" if objects else ""
     return (
         f"| {result['precision']} (--amp {result['amp']}) | {int(w['epoch']) * steps} | {w['cpu_s']:.0f} "
         f"| {w['wall_s']:.0f} | {w['cpu_s'] / (int(w['epoch']) * steps):.2f} | {w['val_pixel_error']:.4f} "
         f"| {w['val_dice']:.4f} | {int(last['epoch']) * steps} steps: {last['val_pixel_error']:.4f} "
-        f"({last['cpu_s']:.0f} CPU s) |"
+        f"({last['cpu_s']:.0f} CPU s) |{held_out}"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=list(CONFIGS), default="isbi2012", help="what to train")
     parser.add_argument("--out", type=Path, default=Path("/tmp/tilewise-train-amp"), help="work folder")
     parser.add_argument("--budget", type=float, default=300.0, help="CPU seconds per run (process, every thread)")
     parser.add_argument("--epochs", type=int, default=60, help="planned epochs (the schedule's length)")
@@ -132,21 +167,25 @@ def main() -> None:
         steps_alone(args.step_pairs, args.threads)
         return
     warnings.simplefilter("ignore", NotGeoreferencedWarning)
-    if not DATA.exists():
-        raise SystemExit(f"ISBI 2012 data not found at {DATA}")
+    data = CONFIGS[args.config][1]
+    if not data.exists():
+        raise SystemExit(f"{args.config}: data not found at {data}")
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for round_ in range(args.rounds):
         for amp in args.amp if round_ % 2 == 0 else args.amp[::-1]:
-            results.append(run(amp, args.budget, args.epochs, args.steps_per_epoch, args.out, args.threads))
+            results.append(
+                run(args.config, amp, args.budget, args.epochs, args.steps_per_epoch, args.out, args.threads)
+            )
             print(f"  round {round_}: {_line(results[-1])}", flush=True)
     per_run = f"{args.budget:.0f} CPU-s per run, {args.threads} threads, {args.steps_per_epoch} steps an epoch"
-    print(f"\nISBI 2012, {per_run}")
+    print(f"\n{args.config}, {per_run}")
+    objects = " held-out objects |" if results[0].get("objects") else ""
     print(
         "| precision | steps within the budget | CPU s | wall s | CPU s / step (with validation) "
-        "| val pixel error | val Dice | next epoch, past the budget |"
+        f"| val pixel error | val Dice | next epoch, past the budget |{objects}"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if objects else ""))
     for result in results:
         print(_line(result))
 
