@@ -7,7 +7,9 @@ Every run is a child process (GDAL's and fsspec's caches start empty), with a 1Ã
 a large share of the run. Figures: wall time of the run (``PredictReport.seconds``), best of ``--pairs``
 alternating local/remote runs straight to the server; the bytes fetched by one more remote run through a
 counting proxy (HTTP bodies and headers) against the bytes of the full-resolution tiles; and for a masked slide
-(~15 % tissue) the bytes fetched against its tissue share (chunks without tissue are not fetched).
+(~15 % tissue) the bytes fetched against its tissue share (chunks without tissue are not fetched). Beside them,
+the time the server takes to send the whole file in one GET (best of ``--pairs``): what the loopback server
+alone costs per byte, a floor under any remote run that fetches the file's bytes.
 """
 
 from __future__ import annotations
@@ -124,6 +126,15 @@ def child(source: str, workdir: Path, mask: str | None) -> dict[str, float]:
     }
 
 
+def _one_get(s3: object, key: str) -> float:
+    """Seconds to fetch the whole object ``key`` in one GET and drop it."""
+    began = time.perf_counter()
+    body = s3.get_object(Bucket=BUCKET, Key=key)["Body"]  # type: ignore[attr-defined]
+    while body.read(1 << 20):
+        pass
+    return time.perf_counter() - began
+
+
 def _run(source: str, workdir: Path, mask: str | None, env: dict[str, str]) -> dict[str, float]:
     cmd = [sys.executable, "-m", "benchmarks.storage", "--child", source, "--workdir", str(workdir)]
     cmd += ["--mask", mask] if mask else []
@@ -180,15 +191,16 @@ def main() -> None:
         s3.create_bucket(Bucket=BUCKET)
         print(
             f"{'case':<16} {'local s':>8} {'S3 s':>8} {'S3/local':>9} {'fetched MiB':>12} {'tiles MiB':>10} "
-            f"{'fetched/tiles':>14} {'valid':>6} {'chunks read':>12}"
+            f"{'fetched/tiles':>14} {'valid':>6} {'chunks read':>12} {'one GET s':>10}"
         )
         for name, path, mask in cases:
             s3.upload_file(str(path), BUCKET, path.name)
-            local, remote, fetched = [], [], []
+            local, remote, fetched, gets = [], [], [], []
             url = f"s3://{BUCKET}/{path.name}"
             for _ in range(args.pairs):
                 local.append(_run(str(path), args.workdir, mask, env))
                 remote.append(_run(url, args.workdir, mask, direct))
+                gets.append(_one_get(s3, path.name))
             proxy.reset()
             counted = _run(url, args.workdir, mask, env)
             fetched.append(proxy.received)
@@ -198,7 +210,8 @@ def main() -> None:
             print(
                 f"{name:<16} {best_local:>8.2f} {best_remote:>8.2f} {best_remote / best_local:>9.2f} "
                 f"{min(fetched) / 2**20:>12.1f} {tiles / 2**20:>10.1f} {min(fetched) / tiles:>14.3f} "
-                f"{counted['valid']:>6.1%} {counted['chunks'] - counted['unread']:>5} of {counted['chunks']:<4}",
+                f"{counted['valid']:>6.1%} {counted['chunks'] - counted['unread']:>5} of {counted['chunks']:<4} "
+                f"{min(gets):>10.2f}",
                 flush=True,
             )
             s3.delete_object(Bucket=BUCKET, Key=path.name)

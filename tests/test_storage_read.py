@@ -165,8 +165,9 @@ def test_the_tile_cache_serves_reads_inside_kept_ranges_and_drops_the_oldest() -
 
 
 def test_the_plan_counts_what_is_kept_of_a_remote_input(s3, tmp_path: Path, checkpoint: Path) -> None:  # noqa: F811
-    """A remote slide's tile cache (no more than the file), GDAL's cache of fetched ranges for a remote GeoTIFF,
-    nothing for a local file: a term of the memory plan, and of ``tilewise info``."""
+    """A remote slide's tile cache (no more than the file), GDAL's cache of fetched ranges and the decoded blocks
+    kept (no more than the raster) for a remote tiled GeoTIFF, nothing for a local file: a term of the memory
+    plan, and of ``tilewise info``."""
     from pipeline.info import describe
     from pipeline.options import PredictOptions
     from pipeline.run_plan import plan_run
@@ -177,7 +178,7 @@ def test_the_plan_counts_what_is_kept_of_a_remote_input(s3, tmp_path: Path, chec
     scene = write_geotiff(tmp_path / "scene.tif", random_image((3, 80, 90), seed=1))
     cases = [
         (s3.upload(slide, f"s3://{bucket}/slide.ome.tif"), slide.stat().st_size),
-        (s3.upload(scene, f"s3://{bucket}/scene.tif"), GDAL_CURL_CACHE_BYTES),
+        (s3.upload(scene, f"s3://{bucket}/scene.tif"), GDAL_CURL_CACHE_BYTES + 80 * 90 * (3 + 1)),
         (str(slide), 0),
         (str(scene), 0),
     ]

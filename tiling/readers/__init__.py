@@ -186,7 +186,8 @@ def _open_slide(
 def read_cache_bytes(reader: RasterReader) -> int:
     """Bytes the process keeps of what it fetched while reading ``reader``'s file: for a remote slide, the tile
     cache (``read_cache.TILE_CACHE_BYTES``, and no more than the file); for a remote raster read by GDAL, GDAL's
-    cache of fetched ranges; nothing for a local file or a Zarr store (zarr keeps no fetched chunk)."""
+    cache of fetched ranges and, when tiled, the decoded blocks kept for the next chunks' halos
+    (``GdalReader.block_cache_bytes``); nothing for a local file or a Zarr store (zarr keeps no fetched chunk)."""
     location = StoragePath.of(reader.info.path)
     if not location.is_remote:
         return 0
@@ -194,5 +195,5 @@ def read_cache_bytes(reader: RasterReader) -> int:
     if isinstance(base, TiffReader):
         return min(TILE_CACHE_BYTES, int(location.info().get("size") or TILE_CACHE_BYTES))
     if isinstance(base, GdalReader):
-        return int(os.environ.get("CPL_VSIL_CURL_CACHE_SIZE") or GDAL_CURL_CACHE_BYTES)
+        return int(os.environ.get("CPL_VSIL_CURL_CACHE_SIZE") or GDAL_CURL_CACHE_BYTES) + base.block_cache_bytes
     return 0

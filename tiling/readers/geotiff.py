@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,17 +17,19 @@ from ..errors import InputError
 from ..plan import Span
 from ..storage import StoragePath, StorageSettings
 from .base import HandlePool, RasterInfo, check_dtype, check_shape, nan_free, read_error, select_bands
+from .block_cache import BLOCK_CACHE_BYTES, BlockCache, BlockGrid
 
 #: Opening under ``warnings.catch_warnings`` one thread at a time: the filter list it swaps is global.
 _OPENING = threading.Lock()
 
 
-def open_quietly(path: str) -> Any:
-    """``rasterio.open(path)`` without its ``NotGeoreferencedWarning``: a PNG, a JPEG or a slide has no map
-    georeferencing and needs none (tilewise reports what lacks it where it matters, e.g. a COG output)."""
+def open_quietly(path: str | Path, **options: Any) -> Any:
+    """``rasterio.open(path, **options)`` for reading, without its ``NotGeoreferencedWarning``: a PNG, a JPEG or a
+    slide has no map georeferencing and needs none (tilewise reports what lacks it where it matters, e.g. a COG
+    output)."""
     with _OPENING, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return rasterio.open(path)
+        return rasterio.open(path, **options)
 
 
 class GdalReader:
@@ -49,6 +52,7 @@ class GdalReader:
                 dtype = dtypes.pop()
                 check_dtype(dtype, path)
                 flags = [ds.mask_flag_enums[b - 1] for b in self.bands]
+                block_rows, block_cols = ds.block_shapes[self.bands[0] - 1]
                 nodata = ds.nodatavals[self.bands[0] - 1]
                 georeferenced = ds.crs is not None or not ds.transform.is_identity
                 self.info = RasterInfo(
@@ -67,6 +71,20 @@ class GdalReader:
             raise InputError(f"{path} is not a raster GDAL can read: {exc}") from None
         self._mask_mode = _mask_mode(flags)
         self._pool = HandlePool(self._open)
+        # A remote tiled raster is read through its decoded blocks (strips are as wide as the raster: no use).
+        height, width = self.info.height, self.info.width
+        tiled = location.is_remote and block_cols < width
+        self._grid = BlockGrid(height, width, block_rows, block_cols) if tiled else None
+        self._blocks = BlockCache(self._grid, self.block_cache_bytes) if self._grid else None
+
+    @property
+    def block_cache_bytes(self) -> int:
+        """Decoded bytes kept for the neighbouring chunks' halos (a remote tiled raster; no more than the whole
+        raster's pixels and validity): ``block_cache.BLOCK_CACHE_BYTES``, or 0."""
+        if self._grid is None:
+            return 0
+        pixel_bytes = len(self.bands) * np.dtype(self.info.dtype).itemsize + 1  # + one byte of validity
+        return min(BLOCK_CACHE_BYTES, self.info.height * self.info.width * pixel_bytes)
 
     def _open(self) -> Any:
         if self._settings is not None:
@@ -74,6 +92,14 @@ class GdalReader:
         return open_quietly(self._gdal_path)
 
     def read(self, rows: Span, cols: Span) -> tuple[np.ndarray, np.ndarray]:
+        if self._blocks is None:
+            data, valid = self._read_window(rows, cols)
+        else:
+            data, valid = self._blocks.read(rows, cols, self._read_window)
+        return data, nan_free(data, valid)
+
+    def _read_window(self, rows: Span, cols: Span) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels and validity of one window, read by GDAL."""
         window = Window(cols.start, rows.start, cols.size, rows.size)
         try:
             with self._pool.handle() as ds:
@@ -86,7 +112,7 @@ class GdalReader:
                     valid = np.ones(data.shape[1:], dtype=bool)
         except RasterioError as exc:
             raise read_error(self.path, rows, cols, exc) from None
-        return data, nan_free(data, valid)
+        return data, valid
 
     def read_reduced(self, shape: tuple[int, int], resampling: str) -> tuple[np.ndarray, np.ndarray]:
         """Decimated read by GDAL, which takes the overviews when the file has them. A reduced pixel is valid
@@ -106,15 +132,18 @@ class GdalReader:
 
     def close(self) -> None:
         self._pool.close()
+        if self._blocks is not None:
+            self._blocks.clear()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_pool"]
+        del state["_pool"], state["_blocks"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._pool = HandlePool(self._open)
+        self._blocks = BlockCache(self._grid, self.block_cache_bytes) if self._grid else None
 
 
 def _valid_where_not_nodata(data: np.ndarray, nodata: list[float]) -> np.ndarray:

@@ -16,6 +16,7 @@ import zarr
 from rasterio.windows import Window
 
 from ..errors import WriteFailure
+from ..readers.geotiff import open_quietly
 from .write_errors import gdal_write_errors, named_errno
 
 Shape = tuple[int, int]
@@ -34,11 +35,9 @@ def _halvings(size: int, factor: int) -> set[int]:
 def verify_geotiff(path: Path, shape: Shape, count: int, dtype: str, overview_block: int | None) -> None:
     """``path`` is a GeoTIFF of ``shape`` (rows, cols) with ``count`` bands of ``dtype``; with
     ``overview_block`` (a COG) its overviews halve until the last fits in one block, each of the right size."""
-    import rasterio
-
     try:
         with gdal_write_errors(path):
-            with rasterio.open(path) as ds:
+            with open_quietly(path) as ds:
                 found = ((ds.height, ds.width), ds.count, ds.dtypes[0])
                 if found != (shape, count, dtype):
                     raise _failed(path, f"holds {found}, expected {(shape, count, dtype)}")
@@ -57,11 +56,9 @@ def verify_geotiff(path: Path, shape: Shape, count: int, dtype: str, overview_bl
 
 
 def _overview_levels(path: Path, count: int) -> list[Shape]:
-    import rasterio
-
     shapes = []
     for level in range(count):
-        with rasterio.open(path, overview_level=level) as overview:
+        with open_quietly(path, overview_level=level) as overview:
             shapes.append((overview.height, overview.width))
             _read_last_block(overview)
     return shapes

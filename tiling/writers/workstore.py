@@ -249,7 +249,7 @@ def recorded_run(location: StoreLocation) -> dict[str, Any]:
     digest of that record (``{SEALED_KEY: …}``)."""
     try:
         attrs = dict(location.open_group(mode="r").attrs)
-        if SEALED_KEY in attrs and RUN_KEY not in attrs:
+        if SEALED_KEY in attrs:  # sealing replaced the record by its digest
             return {SEALED_KEY: attrs[SEALED_KEY]}
         return dict(attrs[RUN_KEY])
     except (OSError, KeyError, ValueError, zarr.errors.GroupNotFoundError) as exc:
