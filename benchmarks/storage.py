@@ -1,7 +1,11 @@
 """Object storage against local files: the same runs reading an 8192² COG and an OME-TIFF slide from an S3 server
-on loopback (moto, in its own process) and from local disk.
+on loopback (in its own process) and from local disk.
 
     python -m benchmarks.storage [--size 8192] [--slide 8192] [--sparse 16384] [--pairs 2] [--workdir DIR]
+                                 [--server static|moto]
+
+The server is ``benchmarks.static_s3`` (ranged reads straight from the files, as object stores answer them) or
+moto (the tests' server, whose cost per ranged request grows with the object's size).
 
 Every run is a child process (GDAL's and fsspec's caches start empty), with a 1×1-conv model so that reading is
 a large share of the run. Figures: wall time of the run (``PredictReport.seconds``), best of ``--pairs``
@@ -67,12 +71,16 @@ class CountingProxy:
                     s.shutdown(socket.SHUT_RDWR)
 
 
-def _start_server() -> tuple[subprocess.Popen[bytes], int]:
+def _start_server(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """moto, or ``benchmarks.static_s3`` serving ``workdir`` as the bucket, on a free loopback port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if kind == "moto":
+        cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    else:
+        cmd = [sys.executable, "-m", "benchmarks.static_s3", str(workdir), BUCKET, str(port)]
+    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(300):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
@@ -80,7 +88,7 @@ def _start_server() -> tuple[subprocess.Popen[bytes], int]:
         except OSError:
             time.sleep(0.1)
     process.kill()
-    raise RuntimeError("moto server did not start")
+    raise RuntimeError(f"the {kind} server did not start")
 
 
 def _cog(workdir: Path, size: int) -> Path:
@@ -152,6 +160,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tilewise-bench")
     parser.add_argument("--cases", default="cog,slide,masked", help="which of cog, slide, masked to run")
+    parser.add_argument(
+        "--server",
+        choices=("static", "moto"),
+        default="static",
+        help="the loopback S3 server: benchmarks.static_s3 (ranged reads from the files) or moto (the tests')",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--mask", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -168,7 +182,7 @@ def main() -> None:
         *([("OME-TIFF slide", _slide(args.workdir, args.slide, 1.0), None)] if "slide" in chosen else []),
         *([("masked slide", _slide(args.workdir, args.sparse, 0.15), "tissue")] if "masked" in chosen else []),
     ]
-    server, port = _start_server()
+    server, port = _start_server(args.server, args.workdir)
     proxy = CountingProxy(port)
     env = {
         **os.environ,
@@ -188,13 +202,15 @@ def main() -> None:
             aws_access_key_id="bench",
             aws_secret_access_key="bench",
         )
-        s3.create_bucket(Bucket=BUCKET)
+        if args.server == "moto":
+            s3.create_bucket(Bucket=BUCKET)
         print(
             f"{'case':<16} {'local s':>8} {'S3 s':>8} {'S3/local':>9} {'fetched MiB':>12} {'tiles MiB':>10} "
             f"{'fetched/tiles':>14} {'valid':>6} {'chunks read':>12} {'one GET s':>10}"
         )
         for name, path, mask in cases:
-            s3.upload_file(str(path), BUCKET, path.name)
+            if args.server == "moto":
+                s3.upload_file(str(path), BUCKET, path.name)
             local, remote, fetched, gets = [], [], [], []
             url = f"s3://{BUCKET}/{path.name}"
             for _ in range(args.pairs):
@@ -214,7 +230,8 @@ def main() -> None:
                 f"{min(gets):>10.2f}",
                 flush=True,
             )
-            s3.delete_object(Bucket=BUCKET, Key=path.name)
+            if args.server == "moto":
+                s3.delete_object(Bucket=BUCKET, Key=path.name)
     finally:
         server.terminate()
         server.wait()

@@ -90,6 +90,40 @@ def test_slide_from_s3_by_mpp_equals_local(s3, tmp_path: Path) -> None:  # noqa:
     _same_reads(local, url, mpp=0.7)  # resampled from level 1
 
 
+def test_a_window_of_a_remote_slide_fetches_its_tiles_together(
+    s3,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The tiles under a window are fetched in one concurrent batch before tifffile decodes them one by one; a
+    window whose tiles were fetched before fetches nothing."""
+    import fsspec
+
+    local = write_pyramid(tmp_path / "slide.ome.tif", random_image((3, 256, 192), seed=6))
+    url = s3.upload(local, f"s3://{s3.new_bucket()}/slide.ome.tif")
+    filesystem = fsspec.get_filesystem_class("s3")
+    original, batches = filesystem._cat_ranges, []
+
+    async def counting(self, paths, *args, **kwargs):  # type: ignore[no-untyped-def]
+        batches.append(len(paths))
+        return await original(self, paths, *args, **kwargs)
+
+    monkeypatch.setattr(filesystem, "_cat_ranges", counting)
+    remote, expected = open_raster(url), open_raster(local)
+    try:
+        rows, cols = Span(10, 140), Span(20, 150)  # 64-px tiles: rows 0-2 × columns 0-2 of 3 planes
+        got = remote.read(rows, cols)
+        assert len(batches) == 1 and 1 < batches[0] <= 27, batches  # those not fetched when the file was opened
+        again = remote.read(Span(70, 120), Span(70, 120))  # inside the tiles fetched
+        assert len(batches) == 1
+        for a, b in zip(got, expected.read(rows, cols), strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(again[0], expected.read(Span(70, 120), Span(70, 120))[0])
+    finally:
+        remote.close()
+        expected.close()
+
+
 def test_zarr_from_s3_equals_local(s3, tmp_path: Path) -> None:  # noqa: F811
     local = tmp_path / "image.zarr"
     image = random_image((2, 90, 110), seed=6)
@@ -162,6 +196,14 @@ def test_the_tile_cache_serves_reads_inside_kept_ranges_and_drops_the_oldest() -
     cache.put("a", 100, bytes(30))  # 120 bytes held: the least recently used range (a@10) goes
     assert cache.get("a", 20, 30) is None and cache.held == 80
     assert cache.get("b", 0, 50) == bytes(50) and cache.get("a", 100, 130) == bytes(30)
+
+
+def test_nearly_touching_ranges_are_fetched_as_one() -> None:
+    from tiling.storage.read_cache import merged
+
+    assert merged([(50, 60), (0, 10), (12, 20), (30, 40)], gap=2) == [(0, 20), (30, 40), (50, 60)]
+    assert merged([(0, 10), (5, 8), (10, 30)], gap=0) == [(0, 30)]
+    assert merged([], gap=5) == []
 
 
 def test_the_plan_counts_what_is_kept_of_a_remote_input(s3, tmp_path: Path, checkpoint: Path) -> None:  # noqa: F811

@@ -14,6 +14,7 @@ import zarr
 
 from ..errors import InputError
 from ..plan import Span
+from ..storage.read_cache import prefetch
 from .base import HandlePool, RasterInfo, check_dtype, check_shape, nan_free, read_error, select_bands
 from .resample import reduce_by_strips
 from .slide import Level, check_decodable, slide_format, slide_levels
@@ -29,9 +30,38 @@ class _OpenTiff:
         self.tif = open_tiff(path)
         self.series = self.tif.series[0]
         self.array = zarr.open_array(self.series.aszarr(level=level), mode="r")
+        self.source = getattr(self.tif, "source", None)  # the fsspec file of a remote TIFF
+        pages = self.series.levels[level].pages
+        self._page = pages[0] if len(pages) == 1 and self.source is not None else None
+        self._tiling = _tiling(self._page) if self._page is not None else None
+
+    def prefetch(self, rows: Span, cols: Span) -> None:
+        """Fetch the window's tiles of a remote file together (see ``read_cache.prefetch``)."""
+        if self._page is None or self._tiling is None:
+            return
+        tile_rows, tile_cols, planes, down, across = self._tiling
+        indices = [
+            (plane * down + y) * across + x
+            for plane in range(planes)
+            for y in range(rows.start // tile_rows, (rows.stop - 1) // tile_rows + 1)
+            for x in range(cols.start // tile_cols, (cols.stop - 1) // tile_cols + 1)
+        ]
+        offsets, counts = self._page.dataoffsets, self._page.databytecounts
+        prefetch(self.source, [(offsets[i], offsets[i] + counts[i]) for i in indices if counts[i]])
 
     def close(self) -> None:
         self.tif.close()
+
+
+def _tiling(page: Any) -> tuple[int, int, int, int, int] | None:
+    """Tile rows and columns, sample planes, tiles down and across of a tiled 2-D ``page`` (its tiles are stored
+    plane by plane, each plane row by row); None for strips or volumes."""
+    if not page.is_tiled or page.imagedepth != 1:
+        return None
+    if page.planarconfig == 1:  # samples interleaved in each tile
+        return page.chunks[0], page.chunks[1], 1, page.chunked[0], page.chunked[1]
+    planes, down, across = page.chunked[-3:]
+    return page.chunks[-2], page.chunks[-1], planes, down, across
 
 
 class TiffReader:
@@ -92,6 +122,7 @@ class TiffReader:
         ys, xs = slice(rows.start, rows.stop), slice(cols.start, cols.stop)
         try:
             with self._pool.handle() as opened:
+                opened.prefetch(rows, cols)
                 if self._band_axis is None:
                     data = opened.array[ys, xs][np.newaxis]
                 elif self._band_axis == 2:

@@ -36,7 +36,7 @@ class _RemoteTiff(tifffile.TiffFile):
     """A TIFF read through an fsspec file (ranged requests), which it closes with itself."""
 
     def __init__(self, source: Any) -> None:
-        self._source = source
+        self.source = source
         try:
             super().__init__(source)
         except BaseException:
@@ -45,7 +45,7 @@ class _RemoteTiff(tifffile.TiffFile):
 
     def close(self) -> None:
         super().close()
-        self._source.close()
+        self.source.close()
 
 
 def open_tiff(path: str) -> tifffile.TiffFile:

@@ -8,7 +8,8 @@ the bytes fetched). Without a cache every tag read is a request of its own (hund
 A chunk reads its window with a halo that enters its neighbours' tiles, which their own chunks fetch again (a
 local file has the page cache for that). So the tile reads of a process are kept in one least-recently-used cache
 of ``TILE_CACHE_BYTES`` shared by its handles (``TileCache``): a read inside a range fetched before is served
-from memory. (GDAL's own cache of fetched ranges, ``CPL_VSIL_CURL_CACHE_SIZE``, does not help a COG: its
+from memory. A window's tiles are fetched into it together, concurrently (``prefetch``), before tifffile reads
+them one by one. (GDAL's own cache of fetched ranges, ``CPL_VSIL_CURL_CACHE_SIZE``, does not help a COG: its
 driver reads a window's blocks with one multi-range request, which bypasses that cache; see benchmarks/README.)
 """
 
@@ -102,6 +103,37 @@ class SmallReadAheadCache(fsspec.caching.ReadAheadCache):
         if file is not None:
             TILES.put(file, start, data)
         return data
+
+
+def prefetch(file: object, ranges: list[tuple[int, int]]) -> None:
+    """Fetch the byte ``ranges`` (start, end) of the fsspec ``file`` that ``TILES`` lacks into ``TILES``, ranges
+    that (nearly) touch in one request, the requests concurrently: the tiles of a window then decode from memory
+    instead of one request after another."""
+    fetch_range = getattr(file, "_fetch_range", None)
+    key = _file_key(fetch_range, int(getattr(file, "size", 0) or 0)) if fetch_range else None
+    fs, path = getattr(file, "fs", None), getattr(file, "path", None)
+    if key is None or fs is None or path is None:
+        return
+    missing = [(a, b) for a, b in ranges if b - a >= EXACT_FROM and TILES.get(key, a, b) is None]
+    if len(missing) < 2:
+        return  # one request either way
+    requests = merged(missing, EXACT_FROM)
+    fetched = fs.cat_ranges([path] * len(requests), [a for a, _ in requests], [b for _, b in requests])
+    for (start, _), data in zip(requests, fetched, strict=True):
+        if isinstance(data, bytes):  # an error is left for the read itself to raise
+            TILES.put(key, start, data)
+
+
+def merged(ranges: list[tuple[int, int]], gap: int) -> list[tuple[int, int]]:
+    """``ranges`` (start, end) sorted, those less than ``gap`` bytes apart joined (a tile row of a TIFF is
+    most often one run of bytes)."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1] + gap:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
 
 
 if SmallReadAheadCache.name not in fsspec.caching.caches:
