@@ -10,6 +10,7 @@ import pytest
 import zarr
 
 from tiling import OptionError
+from tiling.errors import OutputError
 from tiling.instances.spec import InstanceSpec
 from tiling.readers.base import RasterInfo
 from tiling.writers import OutputContent, StoreLocation, WorkStore, output_layers
@@ -123,3 +124,21 @@ def test_the_work_store_s_disk_need_counts_every_chunk_whole(tmp_path: Path, wit
         files * MIN_CHUNK_FILE,
         "the work store",
     )
+
+
+def test_a_store_that_cannot_be_made_names_the_place_and_the_cause(tmp_path: Path) -> None:
+    from tiling.errors import WriteFailure
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(WriteFailure) as failed:
+        _store(blocker / "s.zarr", {"tile": 64})
+    message = str(failed.value)
+    assert str(blocker / "s.zarr") in message and "not a directory" in message.lower(), message
+
+
+def test_resuming_from_a_folder_that_is_no_work_store_says_so(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.zarr"
+    empty.mkdir()
+    with pytest.raises(OutputError, match=r"cannot resume: .*empty\.zarr is not a readable"):
+        recorded_run(StoreLocation(str(empty)))
