@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from pipeline.graph import TileStats
 from tiling import Accumulator, Contribution, OptionError, blend, window_profile
-from tiling.blend import tile_weight_sum
+from tiling.blend import tile_weight_sum, zeros_outside_heap
 from tiling.plan import Span
 from tiling.windows import WEIGHT_FLOOR
 
@@ -109,3 +109,16 @@ def test_a_window_that_cannot_be_made_is_refused(kind: str, size: int, sigma: fl
 
 def test_tile_counts_add_up_field_by_field() -> None:
     assert TileStats(1, 2, 3) + TileStats(10, 20, 30) == TileStats(11, 22, 33)
+
+
+def test_an_extent_that_meets_the_sums_in_rows_only_gets_nothing() -> None:
+    acc = Accumulator(Span(0, 10), Span(0, 10), 1, np.ones(4, np.float32))
+    assert acc.contribution(Span(0, 5), Span(20, 30), copy=False) is None
+    assert acc.contribution(Span(20, 30), Span(0, 5), copy=False) is None
+    assert acc.contribution(Span(5, 20), Span(8, 20), copy=True) is not None
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (1, 2048, 2048)])
+def test_sums_are_float32_whether_small_or_in_their_own_mapping(shape: tuple[int, ...]) -> None:
+    sums = zeros_outside_heap(shape)
+    assert sums.dtype == np.float32 and sums.shape == shape and not sums.any()

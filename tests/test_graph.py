@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from pipeline.graph import _read_parts
+from pipeline.graph import _read_parts, tile_is_valid
 from tiling.plan import Span
 
 
@@ -29,3 +30,11 @@ def test_a_window_is_read_in_two_parts_only_when_its_first_row_of_tiles_ends_ins
 def test_the_raster_s_end_counts_as_the_window_s_end() -> None:
     assert _read_parts(Span(900, 1100), [(0, 0)], 100, 1000, True) == [Span(900, 1100)]  # 900 + 100 = the end
     assert _read_parts(Span(900, 1100), [(0, 0)], 60, 1000, True) == [Span(900, 960), Span(960, 1100)]
+
+
+def test_a_tile_with_exactly_the_minimum_share_of_valid_pixels_runs() -> None:
+    valid = np.zeros((8, 8), bool)
+    valid[:4] = True  # half the tile's pixels
+    assert tile_is_valid(valid, 0, 0, 8, 0.5)
+    assert not tile_is_valid(valid, 0, 0, 8, 0.51)
+    assert tile_is_valid(valid, 0, 0, 8, 0.0) and not tile_is_valid(np.zeros((8, 8), bool), 0, 0, 8, 0.0)
