@@ -15,10 +15,15 @@ from pipeline.budget import HEAP_ALLOWANCE
 from .conftest import make_checkpoint, random_image, write_geotiff
 
 CLI = [sys.executable, "-m", "pipeline.cli"]
+#: The environment pytest started with: tests that start a LocalCluster in this process leave the variables its
+#: nannies set for their workers (thread counts, the allocator's arenas, Dask's parent pid) in ``os.environ``,
+#: and a run started with those holds more memory than its plan (up to 2×, not yet understood), where a user's
+#: shell has none of them.
+STARTING_ENV = dict(os.environ)
 
 
 def _planned_mib(args: list[str]) -> float:
-    text = subprocess.run([*CLI, "info", *args], check=True, capture_output=True, text=True).stdout
+    text = subprocess.run([*CLI, "info", *args], check=True, capture_output=True, text=True, env=STARTING_ENV).stdout
     found = re.search(r"^memory\s+about ([0-9.,]+) (MiB|GiB) at peak", text, re.M)
     assert found, text
     return float(found.group(1).replace(",", "")) * (1024 if found.group(2) == "GiB" else 1)
@@ -26,7 +31,9 @@ def _planned_mib(args: list[str]) -> float:
 
 def _peak_rss_mib(args: list[str]) -> float:
     """The kernel's high-water mark of the run's resident memory (its own process, not the largest child)."""
-    child = subprocess.Popen([*CLI, "predict", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [*CLI, "predict", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=STARTING_ENV
+    )
     _, status, usage = os.wait4(child.pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, child.stderr.read() if child.stderr else ""
     return usage.ru_maxrss / 1024
