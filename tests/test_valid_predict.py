@@ -147,3 +147,18 @@ def test_a_cluster_gives_the_whole_image_pass(scene, tmp_path: Path) -> None:
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0") as c:
         predict(path, tmp_path / "out.zarr", model, chunk=40, output_kind="probs", scheduler=c.scheduler_address)
     np.testing.assert_allclose(_probs(tmp_path / "out.zarr"), whole_image_pass(image, model), atol=1e-4, rtol=0)
+
+
+def test_a_masked_run_equals_the_whole_image_pass_inside_the_mask(scene, tmp_path: Path) -> None:
+    """With a valid-area mask, chunks of several tile rows (the first read in two parts) give the whole-image
+    pass wherever the mask is set and nodata elsewhere."""
+    path, image, model = scene
+    area = np.zeros(SHAPE[1:], np.uint8)
+    area[10:130, 5:100] = 1
+    mask = write_geotiff(tmp_path / "mask.tif", area[np.newaxis])
+    out = tmp_path / "masked.zarr"
+    predict(path, out, model, chunk=96, output_kind="probs", mask=str(mask), mask_scale=1)
+    probs, reference = _probs(out), whole_image_pass(image, model)
+    inside = area.astype(bool)
+    np.testing.assert_allclose(probs[:, inside], reference[:, inside], atol=1e-4, rtol=0)
+    assert np.isnan(probs[:, ~inside]).all()
