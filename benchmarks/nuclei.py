@@ -29,21 +29,30 @@ import zarr
 from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "monuseg_nuclei.yaml"
 DATA = ROOT.parent / "shared" / "data" / "monuseg"
 HELD_OUT = ("TCGA-38-6178-01Z-00-DX1", "TCGA-E2-A14V-01Z-00-DX1")
 MPP = 0.25
 CROSS = ndimage.generate_binary_structure(2, 1)
 
 
+def truth_of(image: str) -> np.ndarray:
+    """The true instance map of one image (0: background)."""
+    return tifffile.imread(DATA / "instances" / f"{image}.tif").astype(np.int64)
+
+
 def objects_of(image: str, model: Path, workdir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The model's instance map and its nucleus map (nucleus or boundary) for one image."""
+    """The model's instance map (0: no object, as in the truth) and its nucleus map (nucleus or boundary) for
+    one image."""
     from pipeline import predict
 
     out = workdir / f"{image}.zarr"
     predict(DATA / "images" / f"{image}.png", out, model, input_mpp=MPP, output_kind="labels,instances", overwrite=True)
     group = zarr.open_group(str(out), mode="r")
     labels = np.asarray(group["labels"][:])
-    return np.asarray(group["instances"][:]), (labels >= 1) & (labels != 255)
+    instances = np.asarray(group["instances"][:])
+    instances = np.where(instances == 2**32 - 1, 0, instances).astype(np.int64)  # nodata: no object
+    return instances, (labels >= 1) & (labels != 255)
 
 
 def main() -> None:
@@ -62,9 +71,8 @@ def main() -> None:
     print(f"{'image':26s} {'method':24s} {'AJI':>6s} {'F1@0.5':>7s} {'Dice':>6s} {'count':>11s} {'error':>6s}")
     totals: dict[str, list[tuple[float, float, float, float]]] = {}
     for image in args.images:
-        truth = tifffile.imread(DATA / "instances" / f"{image}.tif").astype(np.int64)
+        truth = truth_of(image)
         instances, nucleus = objects_of(image, args.model, args.workdir)
-        instances = np.where(instances == 2**32 - 1, 0, instances).astype(np.int64)
         ways = {
             "instances": instances,
             "components": ndimage.label(nucleus, structure=CROSS)[0],

@@ -24,13 +24,10 @@ from typing import Any
 
 from rasterio.errors import NotGeoreferencedWarning
 
-from .isbi2012 import ROOT
+from . import isbi2012, nuclei
 
 #: The training configurations this benchmark runs, and the data each needs.
-CONFIGS = {
-    "isbi2012": (ROOT / "configs" / "isbi2012.yaml", ROOT.parent / "shared" / "data" / "isbi2012"),
-    "monuseg_nuclei": (ROOT / "configs" / "monuseg_nuclei.yaml", ROOT.parent / "shared" / "data" / "monuseg"),
-}
+CONFIGS = {"isbi2012": (isbi2012.CONFIG, isbi2012.DATA), "monuseg_nuclei": (nuclei.CONFIG, nuclei.DATA)}
 
 
 class _BudgetSpent(Exception):
@@ -77,20 +74,14 @@ def run(config: str, amp: str, budget: float, epochs: int, steps: int, out: Path
 def _nuclei_scores(model: Path, workdir: Path) -> tuple[float, float]:
     """Mean AJI and object F1 at IoU ≥ 0.5 of ``model``'s instances on the held-out MoNuSeg images."""
     import numpy as np
-    import tifffile
 
     from pipeline.training.instance_metrics import score_objects
 
-    from .nuclei import DATA, HELD_OUT, objects_of
-
     workdir.mkdir(parents=True, exist_ok=True)
-    scores = []
-    for image in HELD_OUT:
-        truth = tifffile.imread(DATA / "instances" / f"{image}.tif").astype(np.int64)
-        instances = objects_of(image, model, workdir)[0].astype(np.int64)
-        s = score_objects(truth, np.where(instances == 2**32 - 1, 0, instances))
-        scores.append((s.aji, s.f1))
-    aji, f1 = np.mean(scores, axis=0)
+    scores = [
+        score_objects(nuclei.truth_of(image), nuclei.objects_of(image, model, workdir)[0]) for image in nuclei.HELD_OUT
+    ]
+    aji, f1 = np.mean([(s.aji, s.f1) for s in scores], axis=0)
     return float(aji), float(f1)
 
 

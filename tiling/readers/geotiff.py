@@ -75,7 +75,7 @@ class GdalReader:
         height, width = self.info.height, self.info.width
         tiled = location.is_remote and block_cols < width
         self._grid = BlockGrid(height, width, block_rows, block_cols) if tiled else None
-        self._blocks = BlockCache(self._grid, self.block_cache_bytes) if self._grid else None
+        self._blocks = self._new_block_cache()
 
     @property
     def block_cache_bytes(self) -> int:
@@ -85,6 +85,9 @@ class GdalReader:
             return 0
         pixel_bytes = len(self.bands) * np.dtype(self.info.dtype).itemsize + 1  # + one byte of validity
         return min(BLOCK_CACHE_BYTES, self.info.height * self.info.width * pixel_bytes)
+
+    def _new_block_cache(self) -> BlockCache | None:
+        return BlockCache(self._grid, self.block_cache_bytes) if self._grid else None
 
     def _open(self) -> Any:
         if self._settings is not None:
@@ -143,7 +146,7 @@ class GdalReader:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._pool = HandlePool(self._open)
-        self._blocks = BlockCache(self._grid, self.block_cache_bytes) if self._grid else None
+        self._blocks = self._new_block_cache()
 
 
 def _valid_where_not_nodata(data: np.ndarray, nodata: list[float]) -> np.ndarray:
