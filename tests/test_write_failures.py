@@ -153,3 +153,19 @@ def test_no_space_in_the_assembly_names_the_free_space(files, tmp_path: Path) ->
     assert "no space left on the device writing" in lines[0] and "free there" in lines[0], lines[0]
     assert "this run writes up to" in lines[0] and "--resume" in lines[0], lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full.tif.partial"]
+
+
+def test_a_work_dir_that_is_a_file_is_one_line_through_the_cli(tmp_path: Path) -> None:
+    """--work-dir naming a file: refused before the run starts (a usage error, exit 2) with one line naming it;
+    nothing at OUTPUT."""
+    scene = write_geotiff(tmp_path / "scene.tif", random_image((3, 80, 90), seed=4))
+    model = make_checkpoint(tmp_path / "m.safetensors")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = tmp_path / "out.tif"
+    cli = [sys.executable, "-m", "pipeline.cli", "predict", str(scene), str(out), "--model", str(model)]
+    done = subprocess.run([*cli, "--work-dir", str(blocker)], capture_output=True, text=True, check=False)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("tilewise: error:") and str(blocker) in lines[0], lines[0]
+    assert not out.exists()
