@@ -21,6 +21,7 @@ import psutil
 
 from tiling.errors import OptionError
 from tiling.grid import TileGrid
+from tiling.sum_buffers import SUM_BUFFERS
 
 from .memory_model import ChunkCost, ChunkShape, ChunkSpeed, MemoryEstimate
 
@@ -95,7 +96,9 @@ def keep_freed_memory() -> None:
 
 
 def release_free_memory() -> None:
-    """Hand the memory that the C allocator's heaps hold free back to the OS (glibc only, elsewhere a no-op)."""
+    """Hand the free memory the process keeps back to the OS: the chunk sums' free mappings, and what the C
+    allocator's heaps hold free (glibc only)."""
+    SUM_BUFFERS.release()
     trim = _libc_function("malloc_trim")
     if trim is not None:
         trim(0)

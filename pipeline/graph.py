@@ -128,19 +128,21 @@ def _reaches(y: int, x: int, tile: int, spans: list[tuple[Span, Span]]) -> bool:
 
 
 def _read_parts(rows: Span, local: list[tuple[int, int]], size: int, height: int, split: bool) -> list[Span]:
-    """The row spans a chunk's input window ``rows`` is read in: the whole window, or, when ``split``, first the
-    rows of its first row of tiles (``size`` px inputs) and then the rest.
+    """The row spans a chunk's input window ``rows`` is read as: the whole window, or, when ``split``, first the
+    rows of its first row of tiles (``size`` px inputs) and then the whole window.
 
     A chunk that starts while the forward pool has nothing to do (the first of a run, or one after a stretch
     of masked-out chunks) queues its first row of tiles as soon as those rows are read, instead of leaving
-    every core idle until the whole window is in (4096² RGB: 0.06-0.09 s of a 2240² window's read).
+    every core idle until the whole window is in (4096² RGB: 0.06-0.09 s of a 2240² window's read). The second
+    read takes the first rows again, most often from a cache (GDAL's blocks, a remote reader's kept blocks):
+    cheaper than joining the two parts, a copy of the whole window.
     """
     if not split or not local:
         return [rows]
     head = rows.start + local[0][0] + size
     if head >= min(rows.stop, height):
         return [rows]
-    return [Span(rows.start, head), Span(head, rows.stop)]
+    return [Span(rows.start, head), rows]
 
 
 def _selected(valid: np.ndarray, before: int, rows: Span, cols: Span, area: MaskCrop | None) -> np.ndarray:
@@ -149,13 +151,6 @@ def _selected(valid: np.ndarray, before: int, rows: Span, cols: Span, area: Mask
     n_rows = min(valid.shape[-2] - before, rows.size)
     selected = valid[before : before + n_rows, before : before + cols.size]
     return selected if area is None else selected & area.expand(Span(rows.start, rows.start + n_rows), cols)
-
-
-def _joined(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
-    """The window parts read so far, joined along the rows (no copy while there is one)."""
-    if len(parts) == 1:
-        return parts[0]
-    return tuple(np.concatenate(arrays, axis=-2) for arrays in zip(*parts, strict=True))
 
 
 @portable_errors
@@ -195,10 +190,8 @@ def infer_chunk(reader: RasterReader, job: TileJob, task: ChunkTask, _after: obj
     considered = 0
     with contextlib.ExitStack() as queued:
         groups = []
-        parts: list[tuple[np.ndarray, ...]] = []
         for part in _read_parts(in_rows, local, size, task.raster_shape[0], model_cache().is_idle(job.model)):
-            parts.append(window.read(reader, part, in_cols, task.raster_shape))
-            image, valid = _joined(parts)
+            image, valid = window.read(reader, part, in_cols, task.raster_shape)
             selected = _selected(valid, window.before, rows, cols, area)
             ready = [o for o in local[considered:] if o[0] + size <= image.shape[-2]]
             considered += len(ready)
@@ -210,7 +203,7 @@ def infer_chunk(reader: RasterReader, job: TileJob, task: ChunkTask, _after: obj
                 group = runner.queued(image, mask, run_now, size, job.normalization, task.rank)
                 groups.append(queued.enter_context(group))
                 runnable += run_now
-        del parts, image, valid
+        del image, valid
         for results in groups:
             for batch_origins, probs in results:
                 # A valid model's input may be a few px larger than its output tile needs: drop their output.

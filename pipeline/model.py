@@ -14,6 +14,7 @@ upsamples (align_corners=True) and concatenates all the channels, so the decoder
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -190,8 +191,10 @@ def activation_bytes_per_tile(config: UNetConfig, tile: int) -> int:
     return 5 * floats  # 4 bytes a float, plus a quarter for the allocator's slack (measured on CPU)
 
 
+@functools.lru_cache(maxsize=16)
 def parameter_bytes(config: UNetConfig) -> int:
-    """Bytes of a model's float32 weights (counted on the meta device: nothing is allocated)."""
+    """Bytes of a model's float32 weights (counted on the meta device: nothing is allocated; once per config,
+    as building the modules takes longer than a small run's planning)."""
     with torch.device("meta"):
         return 4 * sum(p.numel() for p in UNet(config).parameters())
 

@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from pipeline.graph import TileStats
 from tiling import Accumulator, Contribution, OptionError, blend, window_profile
-from tiling.blend import tile_weight_sum, zeros_outside_heap
+from tiling.blend import tile_weight_sum
 from tiling.plan import Span
+from tiling.sum_buffers import zeros_outside_heap
 from tiling.windows import WEIGHT_FLOOR
 
 

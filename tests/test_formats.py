@@ -68,6 +68,16 @@ def test_cog_is_valid_and_keeps_georeferencing(run) -> None:
         assert (labels[:40, :40] == 255).all()
 
 
+@pytest.mark.parametrize("fmt", ["cog", "geotiff"])
+def test_class_maps_are_deflated_without_a_predictor_and_probabilities_with_one(run, fmt: str) -> None:
+    go, _, _ = run
+    out = go(f"predictor_{fmt}.tif", format=fmt)
+    for path, predictors in ((out, {1}), (out.with_name(f"{out.stem}_probs.tif"), {2, 3})):
+        with tifffile.TiffFile(path) as tif:
+            assert {int(page.predictor) for page in tif.pages} <= predictors, path.name
+            assert {int(page.compression) for page in tif.pages} == {8}  # deflate, every level
+
+
 def test_ome_tiff_pyramid_and_metadata(run) -> None:
     from ome_types import from_tiff
 

@@ -178,7 +178,7 @@ def test_a_chunk_read_in_parts_queues_its_first_row_of_tiles_before_reading_the_
     scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A chunk that starts while the forward pool is idle reads the rows of its first tile row, queues those
-    tiles, then reads the rest; the output is the same as reading each window at once."""
+    tiles, then reads its whole window; the output is the same as reading each window at once."""
     from pipeline import runner
     from pipeline.cache import ModelCache
     from tiling.readers import GdalReader
@@ -205,8 +205,8 @@ def test_a_chunk_read_in_parts_queues_its_first_row_of_tiles_before_reading_the_
         outputs[idle] = _probs(path, checkpoint, tmp_path / f"idle{idle}.zarr", chunk=128, batch_size=1, workers=1)
         if idle:
             # Chunk (0, 0) owns tiles at 0, 44 and 88 along each axis; its window has 88 + 64 rows: first the
-            # 64 rows of its first row of tiles, those 3 tiles, then the other rows and their 6 tiles.
-            assert events[:4] == [("read", TILE), ("queued", 3), ("read", 88), ("queued", 6)]
+            # 64 rows of its first row of tiles, those 3 tiles, then the whole window and the other 6 tiles.
+            assert events[:4] == [("read", TILE), ("queued", 3), ("read", 88 + TILE), ("queued", 6)]
         else:
             assert events[:2] == [("read", 88 + TILE), ("queued", 9)]
     np.testing.assert_array_equal(outputs[True], outputs[False])

@@ -131,21 +131,6 @@ def test_an_explicit_chunk_is_kept() -> None:
         plan_resources(grid, ChunkCost(3, 5, 1), ModelMemory(MIB, MIB), None, 100 * MIB, 4096, baseline=0)
 
 
-def test_large_sums_live_in_their_own_mapping_and_start_at_zero() -> None:
-    import mmap
-
-    import numpy as np
-
-    from tiling.blend import OWN_MAPPING_BYTES, zeros_outside_heap
-
-    large = zeros_outside_heap((2, 1024, 1024))
-    owner = large.base.base.obj  # a reshaped view of a view of a memoryview over the mapping
-    assert isinstance(owner, mmap.mmap) and large.flags.writeable
-    assert large.dtype == np.float32 and large.shape == (2, 1024, 1024) and not large.any()
-    small = zeros_outside_heap((OWN_MAPPING_BYTES // 8,))
-    assert small.base is None and not small.any()
-
-
 def test_info_prints_the_estimate_term_by_term_and_the_output(
     checkpoint: Path, image_file: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import math
-import mmap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .plan import Span
-
-#: Arrays from this size on get their own mapping (``zeros_outside_heap``).
-OWN_MAPPING_BYTES = 4 * 2**20
-
-
-def zeros_outside_heap(shape: tuple[int, ...]) -> np.ndarray:
-    """A zeroed float32 array in its own anonymous memory mapping, handed back to the OS when it is freed.
-
-    A chunk's sums are the largest arrays of a run and live for a chunk's whole life. Taken from the C
-    allocator's heaps, which a run keeps large so forward passes reuse their memory, they left holes that the
-    next chunks and forward passes did not fit, and the heaps grew with the number of chunks (5-class U-Net,
-    512² tiles, 1536-px chunks: peak RSS 1271 MiB over 9 chunks, 1562 MiB over 36). A mapping of its own
-    comes zeroed from the OS and leaves nothing behind.
-    """
-    nbytes = 4 * math.prod(shape)
-    if nbytes < OWN_MAPPING_BYTES:
-        return np.zeros(shape, np.float32)
-    return np.frombuffer(mmap.mmap(-1, nbytes), np.float32).reshape(shape)
+from .sum_buffers import zeros_outside_heap
 
 
 @dataclass
