@@ -1,10 +1,11 @@
 """The Dask graph of a run: read → run owned tiles → hand overhangs to neighbours → blend → write.
 
 One task per output chunk runs the tiles whose origin lies in that chunk (so every tile of the global grid runs
-exactly once), accumulates ``Σ w·p`` and ``Σ w`` over the chunk plus the tiles' overhang, and splits the sums by
-the output chunk they land on. The blend task of a chunk adds what its own task and its upper/left neighbours
-sent, divides, and the write task stores the result. No task holds more than a chunk and its overhang, and the
-graph carries only small descriptions: the reader reopens its file and the model is loaded once per process.
+exactly once), accumulates ``Σ w·p`` over the chunk plus the tiles' overhang, and splits the sums by the output
+chunk they land on. The blend task of a chunk adds what its own task and its upper/left neighbours sent,
+divides by the ``Σ w`` of the tiles covering the chunk that ran (``tiling.blend.TileCover``), and the write task
+stores the result. No task holds more than a chunk and its overhang, and the graph carries only small
+descriptions: the reader reopens its file and the model is loaded once per process.
 
 A valid-convolution model's tiles (``pipeline.layout``) run through the same graph: they abut, so the sums hold
 one probability per pixel with weight 1, and each task reads its window with the tiles' context around it
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tiling.blend import Accumulator, Contribution, blend
+from tiling.blend import Accumulator, Contribution, TileCover, blend
 from tiling.errors import portable_errors
 from tiling.masking import CoarseMask, MaskCrop
 from tiling.normalize import Normalization
@@ -74,10 +75,12 @@ class RunStats:
 
 @dataclass
 class Spill:
-    """What a chunk's tiles add to the chunks below and to the right (the tiles' overhang)."""
+    """What a chunk's tiles add to the chunks below and to the right (the tiles' overhang), and the origins of
+    the tiles it owns that did not run (the blend's Σ w leaves them out)."""
 
     pieces: dict[ChunkIndex, Contribution | None]
     stats: TileStats
+    skipped: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass
@@ -171,7 +174,7 @@ def infer_chunk(reader: RasterReader, job: TileJob, task: ChunkTask, _after: obj
     if area is not None and not area.any():
         stats = TileStats(0, len(origins), 1)
         unread = None if task.spill_only else np.zeros((own_rows.size, own_cols.size), bool)
-        return ChunkResult(None, unread, Spill(dict.fromkeys(task.spills_to), stats))
+        return ChunkResult(None, unread, Spill(dict.fromkeys(task.spills_to), stats, tuple(origins)))
     if task.spill_only:
         origins = [(y, x) for y, x in origins if _reaches(y, x, tile, list(task.spills_to.values()))]
         if not origins:
@@ -213,26 +216,31 @@ def infer_chunk(reader: RasterReader, job: TileJob, task: ChunkTask, _after: obj
 
     spill = {index: accumulator.contribution(r, c, copy=True) for index, (r, c) in task.spills_to.items()}
     stats = TileStats(len(runnable), len(local) - len(runnable))
+    ran = set(runnable)
+    skipped = tuple((y + rows.start, x + cols.start) for y, x in local if (y, x) not in ran)
     if task.spill_only:
-        return ChunkResult(None, None, Spill(spill, stats))
+        return ChunkResult(None, None, Spill(spill, stats, skipped))
     own_valid = selected[: own_rows.size, : own_cols.size].copy()
-    return ChunkResult(accumulator.contribution(*task.own, copy=False), own_valid, Spill(spill, stats))
+    return ChunkResult(accumulator.contribution(*task.own, copy=False), own_valid, Spill(spill, stats, skipped))
 
 
 def blend_chunk(
-    index: ChunkIndex, rows: Span, cols: Span, classes: int, result: ChunkResult, spills: list[Spill]
+    index: ChunkIndex, rows: Span, cols: Span, job: TileJob, cover: TileCover, result: ChunkResult, spills: list[Spill]
 ) -> np.ndarray:
     """Blended probabilities (classes, rows, cols) of chunk ``index``: its own sums plus what its upper and
-    left neighbours spilled into it, divided; NaN where the input is invalid or no tile ran.
+    left neighbours spilled into it, divided by the Σ w of the ``cover`` tiles that ran; NaN where the input is
+    invalid or no tile ran.
 
     The sums are taken in place in the chunk's own accumulator: this task is the only reader of ``result.own``
-    (unless its arrays came read-only, e.g. from another process)."""
+    (unless its array came read-only, e.g. from another process)."""
     pieces = [s.pieces.get(index) for s in spills]
+    profile = _profile(job.blend, job.tile, job.sigma)
+    weights = cover.weight_sum(rows, cols, profile, [origin for s in spills for origin in s.skipped])
     own = result.own
-    if own is not None and own.num.flags.writeable and own.den.flags.writeable:
-        probs = blend(rows, cols, classes, pieces, into=own)
+    if own is not None and own.num.flags.writeable:
+        probs = blend(rows, cols, job.classes, pieces, weights, into=own)
     else:
-        probs = blend(rows, cols, classes, [own, *pieces])
+        probs = blend(rows, cols, job.classes, [own, *pieces], weights)
     assert result.valid is not None
     if not result.valid.all():
         probs[:, ~result.valid] = np.nan
@@ -339,7 +347,8 @@ def build_graph(
         # The blend also depends on its own chunk's spill, so the spill is split off before the chunk's result
         # (the largest object of the run) is released, instead of pinning it until a neighbour needs it.
         spills = [(keys.spill, si, sj) for si in plan.rows.sources(i) for sj in plan.cols.sources(j)]
-        dsk[(keys.probs, 0, i, j)] = (blend_chunk, (i, j), *spans(i, j), job.classes, (keys.infer, i, j), spills)
+        cover = TileCover(plan.rows.covering(i), plan.cols.covering(j))
+        dsk[(keys.probs, 0, i, j)] = (blend_chunk, (i, j), *spans(i, j), job, cover, (keys.infer, i, j), spills)
         if outputs is not None:
             write = (_write, outputs, (i, j), *spans(i, j), (keys.probs, 0, i, j), (keys.spill, i, j), heap)
             dsk[(keys.write, i, j)] = write

@@ -5,7 +5,7 @@ A local run holds, all at the same time:
 - the process before the run (interpreter, torch and the other libraries: measured when the run is planned);
 - the model's weights;
 - one forward pass's workspace per forward thread (on a CPU; on a GPU the host-side buffers of a batch);
-- each chunk in flight: its input window with the tiles' halo, its Σ w·p and Σ w over the chunk plus the
+- each chunk in flight: its input window with the tiles' halo, its Σ w·p over the chunk plus the
   overhang, and, once blended, its encoded layers (the input is let go before then);
 - the tile overhangs of one row of chunks, waiting for the chunks below them (the only term that grows with
   the raster, with its width);
@@ -58,8 +58,8 @@ class ChunkCost:
 
     @property
     def sums_bytes(self) -> int:
-        """Σ w·p (float32 per class) and Σ w (float32), per pixel of the chunk's extent."""
-        return 4 * (self.classes + 1)
+        """Σ w·p (float32 per class) per pixel of the chunk's extent (Σ w is computed band by band at the blend)."""
+        return 4 * self.classes
 
     @property
     def written_bytes(self) -> int:
@@ -77,7 +77,7 @@ class ChunkCost:
         return sums + max(reading, writing)
 
     def overhang_row(self, width: int, overhang: int) -> int:
-        """Σ w·p and Σ w of the strip of ``overhang`` rows that a row of chunks hands to the row below."""
+        """Σ w·p of the strip of ``overhang`` rows that a row of chunks hands to the row below."""
         return width * overhang * self.sums_bytes
 
 

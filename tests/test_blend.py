@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from pipeline.graph import TileStats
 from tiling import Accumulator, Contribution, OptionError, blend, window_profile
-from tiling.blend import tile_weight_sum
+from tiling.blend import DIVISION_ROWS, TileCover, WeightSum
 from tiling.plan import Span
 from tiling.sum_buffers import zeros_outside_heap
 from tiling.windows import WEIGHT_FLOOR
@@ -30,21 +30,27 @@ def _one_by_one(origins: list[tuple[int, int]], profile: np.ndarray, shape: tupl
     st.lists(st.integers(0, 40), min_size=1, max_size=5, unique=True),
     st.lists(st.integers(0, 40), min_size=1, max_size=5, unique=True),
     st.integers(0, 8),
+    st.tuples(st.integers(0, 30), st.integers(1, 40), st.integers(0, 30), st.integers(1, 40)),
 )
 def test_weight_sum_equals_the_tiles_added_one_by_one(
-    kind: str, tile: int, ys: list[int], xs: list[int], drop: int
+    kind: str, tile: int, ys: list[int], xs: list[int], drop: int, window: tuple[int, int, int, int]
 ) -> None:
     profile = window_profile(kind, tile)
     grid = [(y, x) for y in ys for x in xs]
-    # A full grid takes the separable path; with tiles dropped (skipped tiles) the sum goes tile by tile.
-    for origins in (grid, grid[drop:] if drop < len(grid) else grid[:1]):
-        shape = (max(ys) + tile + 3, max(xs) + tile + 1)
-        np.testing.assert_allclose(
-            tile_weight_sum(origins, profile, shape), _one_by_one(origins, profile, shape), rtol=1e-6, atol=1e-7
-        )
+    cover = TileCover(tuple(sorted(ys)), tuple(sorted(xs)))
+    rows, cols = Span(window[0], window[0] + window[1]), Span(window[2], window[2] + window[3])
+    shape = (max(ys) + tile + 3, max(xs) + tile + 1)
+    # Every tile ran: the separable path; with tiles left out (skipped tiles) the sum goes tile by tile.
+    for missing in ([], grid[:drop]):
+        ran = [o for o in grid if o not in missing]
+        whole = _one_by_one(ran, profile, (max(shape[0], rows.stop), max(shape[1], cols.stop)))
+        weights = cover.weight_sum(rows, cols, profile, [*missing, (-99, -99)])  # an origin off the cover: ignored
+        assert (weights.dense is None) == (not missing)
+        expected = whole[rows.start : rows.stop, cols.start : cols.stop]
+        np.testing.assert_allclose(weights.array(), expected, rtol=1e-6, atol=1e-7)
 
 
-def test_accumulator_sums_weighted_probabilities_and_weights() -> None:
+def test_accumulator_sums_weighted_probabilities() -> None:
     rng = np.random.default_rng(0)
     profile = window_profile("gaussian", 8)
     weight = np.outer(profile, profile)
@@ -59,29 +65,38 @@ def test_accumulator_sums_weighted_probabilities_and_weights() -> None:
     piece = acc.contribution(Span(0, 20), Span(10, 40), copy=True)
     assert piece is not None and (piece.row0, piece.col0) == (10, 10)
     np.testing.assert_allclose(piece.num, expected_num[:, :10, 5:], rtol=1e-6)
-    local = [(y - 10, x - 5) for y, x in origins]
-    np.testing.assert_allclose(piece.den, _one_by_one(local, profile, (20, 20))[:10, 5:], rtol=1e-6)
 
 
 def test_blend_in_place_equals_blend_into_new_arrays_and_marks_uncovered_pixels() -> None:
     rng = np.random.default_rng(1)
     rows, cols = Span(4, 10), Span(0, 5)
-
-    def own() -> Contribution:
-        den = rng.random((6, 5), dtype=np.float32) + 0.5
-        den[0, 0] = 0.0  # no tile ran there
-        return Contribution(4, 0, rng.random((2, 6, 5), dtype=np.float32) * den, den)
-
-    first = own()
-    spill = Contribution(4, 2, rng.random((2, 3, 3), dtype=np.float32), rng.random((3, 3), dtype=np.float32) + 0.1)
-    fresh = blend(rows, cols, 2, [first, spill])
-    in_place = blend(rows, cols, 2, [spill], into=Contribution(4, 0, first.num.copy(), first.den.copy()))
+    den = rng.random((6, 5), dtype=np.float32) + 0.5
+    den[0, 0] = 0.0  # no tile ran there
+    weights = WeightSum(np.ones(6, np.float32), np.ones(5, np.float32), den)
+    first = Contribution(4, 0, rng.random((2, 6, 5), dtype=np.float32))
+    spill = Contribution(4, 2, rng.random((2, 3, 3), dtype=np.float32))
+    fresh = blend(rows, cols, 2, [first, spill], weights)
+    in_place = blend(rows, cols, 2, [spill], weights, into=Contribution(4, 0, first.num.copy()))
     np.testing.assert_array_equal(in_place, fresh)
     assert np.isnan(fresh[:, 0, 0]).all() and not np.isnan(fresh[:, 1:, :]).any()
-    num, den = first.num.copy(), first.den.copy()
+    num = first.num.copy()
     num[:, 0:3, 2:5] += spill.num
-    den[0:3, 2:5] += spill.den
     np.testing.assert_allclose(fresh[:, 1:], num[:, 1:] / den[1:], rtol=1e-6)
+
+
+def test_a_separable_weight_sum_divides_band_by_band_as_its_array_would() -> None:
+    rng = np.random.default_rng(2)
+    along_rows = rng.random(3 * DIVISION_ROWS + 5, dtype=np.float32) + 0.1
+    along_cols = rng.random(17, dtype=np.float32) + 0.1
+    along_cols[4] = 0.0  # a column no tile covers
+    weights = WeightSum(along_rows, along_cols)
+    num = rng.random((2, along_rows.size, along_cols.size), dtype=np.float32)
+    divided = num.copy()
+    weights.divide(divided)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = num / np.outer(along_rows, along_cols)
+    assert np.isnan(divided[:, :, 4]).all()
+    np.testing.assert_allclose(np.delete(divided, 4, axis=2), np.delete(expected, 4, axis=2), rtol=1e-6)
 
 
 def test_the_default_gaussian_has_sigma_an_eighth_of_the_tile() -> None:

@@ -20,12 +20,12 @@ MIB = 2**20
 
 def test_a_chunk_holds_its_sums_and_the_larger_of_its_window_and_its_encoded_layers() -> None:
     cost = ChunkCost(bands=3, classes=5, itemsize=1, output_bytes=1)
-    assert (cost.window_bytes, cost.sums_bytes, cost.written_bytes) == (3 + 1 + 2, 24, 2)
+    assert (cost.window_bytes, cost.sums_bytes, cost.written_bytes) == (3 + 1 + 2, 20, 2)
     # The window (6 B/px over the extent) outweighs the coverage mask and labels (2 B/px over the chunk).
-    assert cost.per_chunk((1664, 1664), (1536, 1536)) == 1664 * 1664 * (24 + 6)
+    assert cost.per_chunk((1664, 1664), (1536, 1536)) == 1664 * 1664 * (20 + 6)
     wide = ChunkCost(bands=3, classes=5, itemsize=1, output_bytes=20)  # float32 probabilities of 5 classes
-    assert wide.per_chunk((1664, 1664), (1536, 1536)) == 1664 * 1664 * 24 + 1536 * 1536 * 21
-    assert cost.overhang_row(8192, 128) == 8192 * 128 * 24
+    assert wide.per_chunk((1664, 1664), (1536, 1536)) == 1664 * 1664 * 20 + 1536 * 1536 * 21
+    assert cost.overhang_row(8192, 128) == 8192 * 128 * 20
 
 
 def test_the_extent_is_the_chunk_plus_the_overhang_of_its_last_tile() -> None:
@@ -97,10 +97,10 @@ def test_the_default_plan_is_the_smallest_full_speed_chunk_whatever_the_raster_s
     plans = [target_plan(size) for size in (4096, 8192, 16384)]
     assert [p.chunk for p in plans] == [1536, 1536, 1536]
     assert all(p.workers == 2 for p in plans)
-    # Only the row of overhangs grows with the raster (8192 px × 128 rows more, 24 B each, per doubling).
+    # Only the row of overhangs grows with the raster (8192 px × 128 rows more, 20 B each, per doubling).
     first, last = plans[0].estimate, plans[-1].estimate
-    assert last.overhangs - first.overhangs == (16384 - 4096) * 128 * 24
-    assert last.running - first.running == (16384 - 4096) * 128 * 24 + last.baseline - first.baseline
+    assert last.overhangs - first.overhangs == (16384 - 4096) * 128 * 20
+    assert last.running - first.running == (16384 - 4096) * 128 * 20 + last.baseline - first.baseline
     assert last.peak / first.peak < 1.15
 
 

@@ -40,6 +40,17 @@ def test_overhangs_reach_exactly_the_chunks_that_list_them_as_sources(plan: Chun
                 assert (i in sources[j]) == meets
 
 
+@settings(max_examples=300, deadline=None)
+@given(plans())
+def test_the_tiles_covering_a_chunk_are_those_its_sources_own_that_meet_it(plan: ChunkPlan) -> None:
+    for axis in (plan.rows, plan.cols):
+        for j in range(axis.n_chunks):
+            span = axis.span(j)
+            meeting = tuple(o for o in axis.origins if o < span.stop and o + axis.tile > span.start)
+            assert axis.covering(j) == meeting
+            assert set(meeting) <= {o for i in axis.sources(j) for o in axis.owned(i)}
+
+
 @settings(max_examples=100, deadline=None)
 @given(plans())
 def test_chunks_tile_the_raster(plan: ChunkPlan) -> None:

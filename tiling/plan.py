@@ -65,6 +65,13 @@ class AxisPlan:
         hi = bisect.bisect_left(self.origins, span.stop)
         return self.origins[lo:hi]
 
+    def covering(self, i: int) -> tuple[int, ...]:
+        """Tile origins whose tiles meet chunk ``i`` (its own and its neighbours' that reach into it)."""
+        span = self.span(i)
+        lo = bisect.bisect_left(self.origins, span.start - self.tile + 1)
+        hi = bisect.bisect_left(self.origins, span.stop)
+        return self.origins[lo:hi]
+
     def extent(self, i: int) -> Span:
         """Pixels chunk ``i`` accumulates into: its own span plus the overhang of its last tile.
 
