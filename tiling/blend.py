@@ -74,7 +74,8 @@ class TileCover:
 
     def weight_sum(self, rows: Span, cols: Span, profile: np.ndarray, missing: Iterable[Origin] = ()) -> WeightSum:
         """Σ w over ``rows`` × ``cols`` of the covering tiles that ran (all but ``missing``)."""
-        left_out = {(y, x) for y, x in missing if y in self.row_origins and x in self.col_origins}
+        row_origins, col_origins = set(self.row_origins), set(self.col_origins)
+        left_out = {(y, x) for y, x in missing if y in row_origins and x in col_origins}
         along_rows = _along(self.row_origins, profile, rows)
         along_cols = _along(self.col_origins, profile, cols)
         if not left_out:

@@ -1,11 +1,10 @@
 """Zeroed float32 arrays for a chunk's sums, each in an anonymous memory mapping of its own, reused while a run
 lasts and handed back to the OS when it ends.
 
-A chunk's sums (``Σ w·p`` and ``Σ w`` over its extent) are the largest arrays of a run and live for a chunk's
-whole life. Taken from the C allocator's heaps, which a run keeps large so forward passes reuse their memory,
-they left holes that the next chunks and forward passes did not fit, and the heaps grew with the number of
-chunks (5-class U-Net, 512² tiles, 1536-px chunks: peak RSS 1271 MiB over 9 chunks, 1562 MiB over 36). A mapping
-of its own leaves nothing behind when it is unmapped.
+A chunk's sums (``Σ w·p`` over its extent) are the largest arrays of a run and live for a chunk's whole life.
+Taken from the C allocator's heaps, which a run keeps large so forward passes reuse their memory, they left
+holes that the next chunks and forward passes did not fit, and the heaps grew with the number of chunks. A
+mapping of its own leaves nothing behind when it is unmapped.
 
 A fresh mapping costs the kernel a page fault and a zeroed page per 4 KiB, more CPU time than the sums' own
 arithmetic. So a mapping whose array is freed goes back to a small pool, and the next array of the same size
