@@ -124,8 +124,10 @@ def predict(
             gdal_block_cache(plan.resources.gdal_cache_mb),
             plan.output.writing(plan.chunks.chunk, plan.chunks.shape, plan.record(), opts.resume) as writing,
         ):
-            run = _execute(plan, writing, choice, opts)
-            release_free_memory()  # what the chunks freed, before the assembly allocates its own
+            try:
+                run = _execute(plan, writing, choice, opts)
+            finally:
+                release_free_memory()  # what the chunks freed, before the assembly allocates its own (or on failure)
         products = write_products(opts, plan, run.objects)
     return PredictReport(
         outputs=[*plan.output.names, *products.paths],

@@ -78,3 +78,16 @@ def test_the_pool_keeps_a_few_mappings_and_release_unmaps_them() -> None:
     assert pool.free_bytes == 0
     pool.zeros(SHAPE)
     assert pool.made == 4 and pool.reused == 0
+
+
+def test_the_pool_keeps_no_more_bytes_than_its_cap() -> None:
+    size = 4 * int(np.prod(SHAPE))
+    pool = SumBuffers(kept=4, kept_bytes=size + size // 2)
+    arrays = [pool.zeros(SHAPE) for _ in range(3)]
+    del arrays
+    gc.collect()
+    assert pool.free_bytes == size  # a second one would pass the cap
+    too_large = SumBuffers(kept_bytes=size - 1)
+    too_large.zeros(SHAPE)
+    gc.collect()
+    assert too_large.free_bytes == 0

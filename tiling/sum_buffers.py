@@ -24,8 +24,9 @@ import numpy as np
 
 #: Arrays from this size on get their own mapping.
 OWN_MAPPING_BYTES = 4 * 2**20
-#: Free mappings the pool keeps for reuse, at most (the oldest goes first).
+#: Free mappings the pool keeps for reuse, at most, and their bytes at most (the oldest goes first).
 KEPT_MAPPINGS = 4
+KEPT_BYTES = 512 * 2**20
 #: How much larger than an array a reused mapping may be (chunks along the raster's edges have no overhang on
 #: one side: their sums are a little smaller).
 SPARE_SHARE = 0.25
@@ -35,8 +36,8 @@ _FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0
 class SumBuffers:
     """A pool of free anonymous mappings, by size."""
 
-    def __init__(self, kept: int = KEPT_MAPPINGS) -> None:
-        self.kept = kept
+    def __init__(self, kept: int = KEPT_MAPPINGS, kept_bytes: int = KEPT_BYTES) -> None:
+        self.kept, self.kept_bytes = kept, kept_bytes
         self._free: list[mmap.mmap] = []
         self._lock = threading.Lock()
         #: Mappings made and mappings reused (for tests and benchmarks).
@@ -88,7 +89,8 @@ class SumBuffers:
         # old mapping is dropped (unmapped with its last reference), never closed here.
         with self._lock:
             self._free.append(mapping)
-            del self._free[: max(0, len(self._free) - self.kept)]
+            while self._free and (len(self._free) > self.kept or sum(map(len, self._free)) > self.kept_bytes):
+                del self._free[0]
 
 
 #: The process's pool (every run of the process shares it; a run empties it when it ends).
