@@ -39,7 +39,9 @@ class SumBuffers:
     def __init__(self, kept: int = KEPT_MAPPINGS, kept_bytes: int = KEPT_BYTES) -> None:
         self.kept, self.kept_bytes = kept, kept_bytes
         self._free: list[mmap.mmap] = []
-        self._lock = threading.Lock()
+        # Re-entrant: a garbage collection inside the pool's own code may free an array, whose finalizer gives
+        # its mapping back on the same thread.
+        self._lock = threading.RLock()
         #: Mappings made and mappings reused (for tests and benchmarks).
         self.made = 0
         self.reused = 0
@@ -81,6 +83,8 @@ class SumBuffers:
             if not fits:
                 return None
             best = min(fits, key=len)
+            if best not in self._free:  # dropped meanwhile by a give-back on this thread
+                return None
             self._free.remove(best)
             return best
 
