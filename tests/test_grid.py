@@ -70,6 +70,41 @@ def test_zero_dimension_is_refused() -> None:
         TileGrid(0, 10, 8, 2)
 
 
+@pytest.mark.parametrize(("height", "width", "tile", "overlap"), [(10, 0, 8, 2), (-1, 10, 8, 2)])
+def test_a_grid_without_pixels_is_refused(height: int, width: int, tile: int, overlap: int) -> None:
+    with pytest.raises(OptionError, match="zero dimension"):
+        TileGrid(height, width, tile, overlap)
+
+
+def test_the_grid_s_argument_boundaries() -> None:
+    assert TileGrid(1, 1, 1, 0).shape == (1, 1)  # the smallest raster and tile
+    assert TileGrid(10, 10, 8, 7).stride == 1  # the largest overlap
+    with pytest.raises(OptionError, match="tile must be positive"):
+        TileGrid(10, 10, 0, 0)
+    for overlap in (8, -1):
+        with pytest.raises(OptionError, match=r"overlap \(.* px\) must be in \[0, tile=8\)"):
+            TileGrid(10, 10, 8, overlap)
+
+
+def test_the_axis_s_argument_boundaries() -> None:
+    assert axis_origins(1, 8, 8) == (0,) and axis_origins(8, 8, 4) == (0,) and axis_origins(9, 8, 1) == (0, 1)
+    for length, tile, stride in ((0, 8, 4), (10, 0, 4), (10, 8, 0)):
+        with pytest.raises(OptionError):
+            axis_origins(length, tile, stride)
+
+
+@pytest.mark.parametrize(("overlap", "pixels"), [(1.0, 1), (0.0, 0), (255, 255), (0.5, 128), (2.0, 2)])
+def test_overlap_at_the_boundaries_between_a_fraction_and_pixels(overlap: float, pixels: int) -> None:
+    """A float below 1 is a share of the tile; 1.0 and more are pixels; the largest overlap is one below the tile."""
+    assert resolve_overlap(overlap, 256) == pixels
+
+
+@pytest.mark.parametrize("overlap", [True, False, "0.25", None, 1.5])
+def test_overlap_that_is_no_number_of_pixels_or_share_is_refused(overlap: object) -> None:
+    with pytest.raises(OptionError, match="overlap"):
+        resolve_overlap(overlap, 256)  # type: ignore[arg-type]
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(["gaussian", "cosine", "constant", "rim"]), st.integers(1, 300), st.floats(0.01, 2.0))
 def test_window_weights_are_positive_everywhere(kind: str, size: int, sigma: float) -> None:

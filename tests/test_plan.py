@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tiling import ChunkPlan, TileGrid
+from tiling import ChunkPlan, OptionError, TileGrid
 
 
 @st.composite
@@ -63,3 +64,12 @@ def test_chunks_tile_the_raster(plan: ChunkPlan) -> None:
             r, c = plan.rows.span(i), plan.cols.span(j)
             seen[r.start : r.stop, c.start : c.stop] += 1
     assert (seen == 1).all()
+
+
+def test_a_chunk_must_hold_a_pixel() -> None:
+    from tiling.plan import AxisPlan
+
+    assert AxisPlan(10, 4, 1, (0, 3, 6)).n_chunks == 10
+    for chunk in (0, -4):
+        with pytest.raises(OptionError, match="chunk size must be positive"):
+            AxisPlan(10, 4, chunk, (0, 3, 6))
