@@ -45,13 +45,14 @@ def objects_of(image: str, model: Path, workdir: Path) -> tuple[np.ndarray, np.n
     """The model's instance map (0: no object, as in the truth) and its nucleus map (nucleus or boundary) for
     one image."""
     from pipeline import predict
+    from tiling.writers.encode import NODATA_UINT32
 
     out = workdir / f"{image}.zarr"
     predict(DATA / "images" / f"{image}.png", out, model, input_mpp=MPP, output_kind="labels,instances", overwrite=True)
     group = zarr.open_group(str(out), mode="r")
     labels = np.asarray(group["labels"][:])
     instances = np.asarray(group["instances"][:])
-    instances = np.where(instances == 2**32 - 1, 0, instances).astype(np.int64)  # nodata: no object
+    instances = np.where(instances == NODATA_UINT32, 0, instances).astype(np.int64)  # nodata: no object
     return instances, (labels >= 1) & (labels != 255)
 
 

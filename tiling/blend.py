@@ -125,9 +125,15 @@ class WeightSum:
         if self.dense is not None:
             _divide(num, self.dense)
             return
+        # Every pixel is covered when both 1-D sums are positive: then no band needs its coverage checked.
+        covered = bool((self.along_rows > 0).all() and (self.along_cols > 0).all())
         for start in range(0, num.shape[1], DIVISION_ROWS):
-            band = slice(start, start + DIVISION_ROWS)
-            _divide(num[:, band], np.outer(self.along_rows[band], self.along_cols))
+            rows = slice(start, start + DIVISION_ROWS)
+            band, den = num[:, rows], np.outer(self.along_rows[rows], self.along_cols)
+            if covered:
+                np.divide(band, den, out=band)
+            else:
+                _divide(band, den)
 
 
 def _divide(num: np.ndarray, den: np.ndarray) -> None:
